@@ -1,0 +1,261 @@
+"""Adapter architectures: frozen encoder states -> a checkpoint's conditioning.
+
+One registry (:data:`ARCHITECTURES`) holds every architecture; adapter files name
+theirs in ``babelclip.arch`` and are rebuilt from ``babelclip.arch_config``.
+Each adapter maps encoder hidden states ``[B, T, in_dim]`` (with an attention
+mask) to conditioning tokens ``[B, T', cond_dim]`` and a pooled vector
+``[B, pooled_dim]``, where the widths come from the target family (DESIGN.md §4).
+
+Parameter counts at XLM-R-large input (``in_dim=1024``), default settings,
+checked by ``tests/test_adapters.py``:
+
+==============  ===========================================  ===========  ===========
+arch            approach it reproduces                        SD1.5        SDXL
+==============  ===========================================  ===========  ===========
+``linear``      Multilingual-CLIP projection                  1,574,400    3,411,200
+``mlp``         PEA-Diffusion MLP adapter                     3,475,456    6,817,792
+``bottleneck``  residual bottleneck adapter (r=64)            1,476,928    4,986,176
+``resampler``   MuLan / mCLIP projector (77 learned queries)  11,480,832   12,858,880
+==============  ===========================================  ===========  ===========
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import IncompatibleAdapterError
+from .families import TargetFamily
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterOutput",
+    "Adapter",
+    "ARCHITECTURES",
+    "register_arch",
+    "build_adapter",
+    "masked_mean",
+]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x [B, T, D]`` over the positions where ``mask [B, T]`` is 1."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+@dataclass
+class AdapterConfig:
+    """Settings shared by every architecture."""
+
+    in_dim: int = field(metadata={"help": "hidden size of the multilingual encoder"})
+    cond_dim: int = field(metadata={"help": "width of a conditioning token (768 SD1, 1024 SD2, 2048 SDXL)"})
+    pooled_dim: int = field(metadata={"help": "width of the pooled vector (768 SD1, 1024 SD2, 1280 SDXL)"})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class AdapterOutput:
+    """Conditioning tokens ``[B, T', cond_dim]``, pooled ``[B, pooled_dim]`` and token mask ``[B, T']``."""
+
+    cond: torch.Tensor
+    pooled: torch.Tensor
+    mask: torch.Tensor
+
+
+class Adapter(nn.Module):
+    """Base class. Subclasses set ``arch``, ``approach``, ``config_class`` and ``token_aligned``.
+
+    ``token_aligned`` is True when output token *i* comes from input token *i*
+    (so prompt weights can be applied to the output, as ComfyUI does); False
+    when the adapter emits its own tokens (weights are then applied to the
+    encoder states it reads).
+    """
+
+    arch: ClassVar[str]
+    approach: ClassVar[str]
+    config_class: ClassVar[type[AdapterConfig]]
+    token_aligned: ClassVar[bool] = True
+
+    def __init__(self, config: AdapterConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> AdapterOutput:
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+ARCHITECTURES: dict[str, type[Adapter]] = {}
+
+
+def register_arch(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator adding an architecture to :data:`ARCHITECTURES` under ``cls.arch``."""
+    if cls.arch in ARCHITECTURES:
+        raise ValueError(f"adapter architecture {cls.arch!r} is registered twice")
+    ARCHITECTURES[cls.arch] = cls
+    return cls
+
+
+def build_adapter(arch: str, in_dim: int, family: TargetFamily, *, device=None, dtype=None,
+                  **options) -> Adapter:
+    """Build a freshly initialised adapter of ``arch`` from ``in_dim`` to ``family``'s widths."""
+    cls = ARCHITECTURES.get(arch)
+    if cls is None:
+        raise IncompatibleAdapterError(
+            f"Unknown adapter architecture {arch!r}; this BabelCLIP knows {', '.join(sorted(ARCHITECTURES))}. "
+            f"Update BabelCLIP if the adapter was made by a newer version."
+        )
+    config = cls.config_class(in_dim=in_dim, cond_dim=family.cond_dim, pooled_dim=family.pooled_dim, **options)
+    return config_to_adapter(arch, config, device=device, dtype=dtype)
+
+
+def config_to_adapter(arch: str, config: AdapterConfig, *, device=None, dtype=None) -> Adapter:
+    """Instantiate ``arch`` from a config (``device='meta'`` allocates nothing)."""
+    cls = ARCHITECTURES[arch]
+    with torch.device(device or "cpu"):
+        adapter = cls(config)
+    if dtype is not None:
+        adapter.to(dtype)
+    return adapter
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LinearConfig(AdapterConfig):
+    pass
+
+
+@register_arch
+class LinearAdapter(Adapter):
+    """Token-wise linear map; pooled = linear map of the masked token mean.
+
+    Reproduces Multilingual-CLIP (M-CLIP), whose text tower is a multilingual
+    encoder followed by mean pooling and one linear projection.
+    """
+
+    arch = "linear"
+    approach = "Multilingual-CLIP: token-wise linear + masked mean-pool projection"
+    config_class = LinearConfig
+
+    def __init__(self, config: LinearConfig):
+        super().__init__(config)
+        self.proj = nn.Linear(config.in_dim, config.cond_dim)
+        self.pooled_proj = nn.Linear(config.in_dim, config.pooled_dim)
+
+    def forward(self, hidden, mask):
+        return AdapterOutput(self.proj(hidden), self.pooled_proj(masked_mean(hidden, mask)), mask)
+
+
+@dataclass
+class MLPConfig(AdapterConfig):
+    hidden_dim: int = field(default=1024, metadata={"help": "width of the two hidden layers"})
+
+
+@register_arch
+class MLPAdapter(Adapter):
+    """LN -> Linear -> GELU -> Linear -> GELU -> Linear (no biases); pooled = projected token mean.
+
+    Reproduces the PEA-Diffusion adapter.
+    """
+
+    arch = "mlp"
+    approach = "PEA-Diffusion: LN->Linear->GELU->Linear->GELU->Linear, no bias; pooled = token mean"
+    config_class = MLPConfig
+
+    def __init__(self, config: MLPConfig):
+        super().__init__(config)
+        h = config.hidden_dim
+        self.net = nn.Sequential(
+            nn.LayerNorm(config.in_dim),
+            nn.Linear(config.in_dim, h, bias=False), nn.GELU(),
+            nn.Linear(h, h, bias=False), nn.GELU(),
+            nn.Linear(h, config.cond_dim, bias=False),
+        )
+        self.pooled_proj = nn.Linear(config.cond_dim, config.pooled_dim, bias=False)
+
+    def forward(self, hidden, mask):
+        cond = self.net(hidden)
+        return AdapterOutput(cond, self.pooled_proj(masked_mean(cond, mask)), mask)
+
+
+@dataclass
+class BottleneckConfig(AdapterConfig):
+    rank: int = field(default=64, metadata={"help": "width r of the residual bottleneck"})
+
+
+@register_arch
+class BottleneckAdapter(Adapter):
+    """Input projection, then a residual bottleneck ``h + Up(GELU(Down(h)))``; pooled = projected mean.
+
+    A Houlsby-style adapter on top of a linear map: the projection carries the
+    bulk of the mapping, the zero-initialised bottleneck learns a correction.
+    """
+
+    arch = "bottleneck"
+    approach = "residual bottleneck adapter: projection + h + Up(GELU(Down(h))), r=64"
+    config_class = BottleneckConfig
+
+    def __init__(self, config: BottleneckConfig):
+        super().__init__(config)
+        self.in_proj = nn.Linear(config.in_dim, config.cond_dim)
+        self.down = nn.Linear(config.cond_dim, config.rank)
+        self.up = nn.Linear(config.rank, config.cond_dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.pooled_proj = nn.Linear(config.cond_dim, config.pooled_dim)
+
+    def forward(self, hidden, mask):
+        h = self.in_proj(hidden)
+        cond = h + self.up(nn.functional.gelu(self.down(h)))
+        return AdapterOutput(cond, self.pooled_proj(masked_mean(cond, mask)), mask)
+
+
+@dataclass
+class ResamplerConfig(AdapterConfig):
+    num_queries: int = field(default=77, metadata={"help": "number of conditioning tokens emitted"})
+    width: int = field(default=768, metadata={"help": "internal width of the transformer"})
+    layers: int = field(default=1, metadata={"help": "transformer layers (cross-attention + self-attention + FFN)"})
+    heads: int = field(default=8, metadata={"help": "attention heads"})
+    ff_mult: int = field(default=4, metadata={"help": "FFN width as a multiple of width"})
+
+
+@register_arch
+class ResamplerAdapter(Adapter):
+    """Projection + a small transformer whose learned queries attend to the encoder states.
+
+    Reproduces the MuLan language adapter and the mCLIP projector: it emits a
+    fixed number of tokens (77 by default) whatever the prompt length.
+    """
+
+    arch = "resampler"
+    approach = "MuLan / mCLIP projector: projection + transformer with learned queries"
+    config_class = ResamplerConfig
+    token_aligned = False
+
+    def __init__(self, config: ResamplerConfig):
+        super().__init__(config)
+        w = config.width
+        self.in_proj = nn.Linear(config.in_dim, w)
+        self.queries = nn.Parameter(torch.randn(config.num_queries, w) * w ** -0.5)
+        layer = nn.TransformerDecoderLayer(w, config.heads, dim_feedforward=w * config.ff_mult, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerDecoder(layer, config.layers)
+        self.norm = nn.LayerNorm(w)
+        self.out_proj = nn.Linear(w, config.cond_dim)
+        self.pooled_proj = nn.Linear(w, config.pooled_dim)
+
+    def forward(self, hidden, mask):
+        memory = self.in_proj(hidden)
+        q = self.queries.unsqueeze(0).expand(hidden.shape[0], -1, -1)
+        x = self.norm(self.blocks(q, memory, memory_key_padding_mask=mask == 0))
+        out_mask = torch.ones(x.shape[:2], dtype=mask.dtype, device=mask.device)
+        return AdapterOutput(self.out_proj(x), self.pooled_proj(x.mean(1)), out_mask)

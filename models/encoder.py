@@ -1,0 +1,333 @@
+"""Frozen multilingual text encoders loaded from local Hugging Face folders.
+
+Supported: XLM-RoBERTa (incl. multilingual-E5), BERT (incl. LaBSE), RoBERTa, and
+the encoder half of T5 / mT5 / UMT5. Everything is loaded offline with
+``transformers``, from safetensors weights only, never with remote code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from typing import Sequence, Union
+
+import torch
+from torch import nn
+
+from ..errors import InvalidDataError, InvalidModelFileError, UnsupportedModelError
+
+__all__ = [
+    "SUPPORTED_ENCODERS",
+    "EncoderInfo",
+    "EncodedBatch",
+    "MultilingualEncoder",
+    "LayerSpec",
+    "load_encoder",
+    "resolve_layer",
+]
+
+log = logging.getLogger(__name__)
+
+#: model_type in config.json -> what it is. T5-family entries load encoder-only.
+SUPPORTED_ENCODERS: dict[str, str] = {
+    "xlm-roberta": "XLM-RoBERTa (also multilingual-E5)",
+    "bert": "BERT (also LaBSE)",
+    "roberta": "RoBERTa",
+    "t5": "T5 encoder",
+    "mt5": "mT5 encoder",
+    "umt5": "UMT5 encoder",
+}
+_ENCODER_ONLY_CLASS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
+#: ``"last"``, ``"penultimate"`` or an index into the hidden states
+#: (0 = embeddings, 1..N = layer outputs, negative counts from the end).
+LayerSpec = Union[str, int]
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """Identity of an encoder, stored in adapter files and checked on load."""
+
+    name: str
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+    fingerprint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EncodedBatch:
+    """Encoder output for a padded batch of token sequences.
+
+    ``hidden`` is ``[B, T, H]``; ``mask`` is ``[B, T]`` (1 = real token);
+    ``input_ids`` is ``[B, T]``.
+    """
+
+    hidden: torch.Tensor
+    mask: torch.Tensor
+    input_ids: torch.Tensor
+
+
+def resolve_layer(layer: LayerSpec, num_layers: int) -> int:
+    """Turn a layer spec into an index into ``hidden_states`` (length ``num_layers + 1``)."""
+    if isinstance(layer, str):
+        key = layer.strip().lower()
+        if key == "last":
+            return num_layers
+        if key == "penultimate":
+            return num_layers - 1
+        try:
+            layer = int(key)
+        except ValueError:
+            raise InvalidDataError(
+                f"Encoder layer {layer!r} is not valid: use 'last', 'penultimate' or an integer "
+                f"between {-num_layers - 1} and {num_layers}."
+            ) from None
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -num_layers - 1 <= layer <= num_layers:
+        raise InvalidDataError(
+            f"Encoder layer {layer!r} is out of range for an encoder with {num_layers} layers: use "
+            f"'last', 'penultimate' or an integer between {-num_layers - 1} and {num_layers}."
+        )
+    return layer % (num_layers + 1)
+
+
+class MultilingualEncoder(nn.Module):
+    """A frozen multilingual encoder plus its tokenizer.
+
+    Use :func:`load_encoder` to make one. The module is frozen (``eval()``, no
+    grad) and is what ComfyUI's memory manager moves between devices.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, info: EncoderInfo, path: str = ""):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.info = info
+        self.path = path
+        self.model.eval()
+        self.requires_grad_(False)
+        cfg = model.config
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.max_length = _max_length(cfg, tokenizer)
+        self._prefix, self._suffix = _special_token_template(tokenizer)
+        self.special_tokens = len(self._prefix) + len(self._suffix)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def train(self, mode: bool = True):  # stays frozen whatever a caller asks
+        return super().train(False)
+
+    # -- tokenization -------------------------------------------------------------------------
+    def tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of ``text`` without special tokens, and each token's character span."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+    def with_special_tokens(self, ids: Sequence[int]) -> list[int]:
+        """Wrap one chunk of token ids with the model's special tokens (CLS/SEP, </s>, ...)."""
+        return [*self._prefix, *ids, *self._suffix]
+
+    # -- forward ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_ids(self, sequences: Sequence[Sequence[int]], layer: LayerSpec = "last",
+                   pad_to: int | None = None) -> EncodedBatch:
+        """Encode token-id sequences (special tokens included), right-padded into one batch.
+
+        Padding is masked out of attention, so a sequence's outputs at its real
+        positions do not depend on how far it is padded.
+        """
+        if not sequences:
+            raise InvalidDataError("encode_ids() got no sequences to encode.")
+        longest = max(len(s) for s in sequences)
+        if longest > self.max_length:
+            raise InvalidDataError(
+                f"A token sequence of {longest} tokens is longer than the encoder "
+                f"{self.info.name!r} accepts ({self.max_length}); chunk it first."
+            )
+        width = max(longest, pad_to or 0)
+        ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            ids[i, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+            mask[i, : len(seq)] = 1
+        device = self.device
+        hidden = self.forward(ids.to(device), mask.to(device), layer)
+        return EncodedBatch(hidden=hidden, mask=mask.to(device), input_ids=ids.to(device))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                layer: LayerSpec = "last") -> torch.Tensor:
+        index = resolve_layer(layer, self.info.num_layers)
+        want_all = index != self.info.num_layers
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         output_hidden_states=want_all, return_dict=True)
+        return out.hidden_states[index] if want_all else out.last_hidden_state
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], layer: LayerSpec = "last") -> EncodedBatch:
+        """Encode plain texts (truncated to the encoder's maximum length) as one padded batch."""
+        seqs = [self.with_special_tokens(self.tokenize(t)[0][: self.max_length - self.special_tokens])
+                for t in texts]
+        return self.encode_ids(seqs, layer)
+
+
+def _special_token_template(tokenizer) -> tuple[list[int], list[int]]:
+    """Special tokens the tokenizer puts before and after a single sequence.
+
+    Read off the tokenizer itself, so it works for every model family and for
+    transformers 4.x and 5.x alike.
+    """
+    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    for i in range(len(full) - len(plain) + 1):
+        if full[i: i + len(plain)] == plain:
+            return full[:i], full[i + len(plain):]
+    raise InvalidModelFileError(
+        f"The tokenizer {type(tokenizer).__name__} wraps text in a way BabelCLIP does not understand."
+    )
+
+
+def _max_length(cfg, tokenizer) -> int:
+    """Longest sequence (special tokens included) the encoder handles."""
+    limits = []
+    positions = getattr(cfg, "max_position_embeddings", None)
+    if positions:
+        if cfg.model_type in ("xlm-roberta", "roberta"):
+            # RoBERTa-style position ids start after padding_idx.
+            positions -= (getattr(cfg, "pad_token_id", 1) or 0) + 1
+        limits.append(positions)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if tok_max and tok_max < 1_000_000:
+        limits.append(tok_max)
+    return min(limits) if limits else 512
+
+
+def _read_config(folder: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise InvalidModelFileError(
+            f"Encoder folder {folder!r} has no config.json. Point BabelCLIP at a Hugging Face model "
+            f"folder, e.g. one made by `huggingface-cli download xlm-roberta-large --local-dir {folder}`."
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidModelFileError(f"Cannot read {path!r}: {e}. Download the encoder folder again.") from None
+    if not isinstance(cfg, dict):
+        raise InvalidModelFileError(f"{path!r} is not a JSON object. Download the encoder folder again.")
+    return cfg
+
+
+def _check_weights(folder: str) -> None:
+    names = os.listdir(folder)
+    if any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
+        return
+    pickles = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+    if pickles:
+        raise InvalidModelFileError(
+            f"Encoder folder {folder!r} only has pickle weights ({', '.join(sorted(pickles))}), which "
+            f"BabelCLIP never loads because they can run code. Download the safetensors version "
+            f"(`huggingface-cli download <repo> --include '*.safetensors' '*.json' '*.model' --local-dir "
+            f"{folder}`) or convert it with `safetensors`' convert script in a trusted environment."
+        )
+    raise InvalidModelFileError(
+        f"Encoder folder {folder!r} has no weights (*.safetensors). Download the full model folder."
+    )
+
+
+def _fingerprint(cfg: dict, tokenizer) -> str:
+    h = hashlib.sha256()
+    core = {k: cfg.get(k) for k in ("model_type", "hidden_size", "d_model", "num_hidden_layers",
+                                     "num_layers", "vocab_size")}
+    h.update(json.dumps(core, sort_keys=True).encode())
+    for token, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        h.update(f"{idx}\t{token}\n".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:16]
+
+
+def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> MultilingualEncoder:
+    """Load a frozen multilingual encoder from a local Hugging Face folder.
+
+    Args:
+        path: folder with ``config.json``, safetensors weights and tokenizer files.
+        device: where to put it (default CPU).
+        dtype: parameter dtype (default float32).
+
+    Raises:
+        InvalidModelFileError: missing/invalid files, pickle-only weights, remote code.
+        UnsupportedModelError: an architecture BabelCLIP does not support.
+    """
+    folder = os.fspath(path)
+    if not os.path.isdir(folder):
+        raise InvalidModelFileError(
+            f"Encoder folder {folder!r} does not exist. Put the Hugging Face folder of a multilingual "
+            f"encoder there (e.g. `huggingface-cli download xlm-roberta-large --local-dir {folder}`)."
+        )
+    cfg = _read_config(folder)
+    if "auto_map" in cfg:
+        raise InvalidModelFileError(
+            f"{os.path.join(folder, 'config.json')!r} asks for custom code (auto_map). BabelCLIP never runs "
+            f"code shipped with a model; use a standard XLM-RoBERTa, BERT, RoBERTa or (m)T5 encoder."
+        )
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_ENCODERS:
+        raise UnsupportedModelError(
+            f"Encoder {folder!r} is a {model_type!r} model; BabelCLIP supports "
+            f"{', '.join(f'{k} ({v})' for k, v in SUPPORTED_ENCODERS.items())}."
+        )
+    _check_weights(folder)
+
+    import transformers  # heavy: imported only when a model is loaded
+
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # transformers raises many types for a bad tokenizer folder
+        raise InvalidModelFileError(
+            f"Cannot load the tokenizer of encoder {folder!r}: {type(e).__name__}: {e}. The folder needs "
+            f"the tokenizer files of the model (tokenizer.json, or sentencepiece.bpe.model / spiece.model / "
+            f"vocab.txt); download the full folder."
+        ) from None
+    cls_name = _ENCODER_ONLY_CLASS.get(model_type)
+    model_cls = getattr(transformers, cls_name) if cls_name else transformers.AutoModel
+    kwargs = {"local_files_only": True, "trust_remote_code": False, "use_safetensors": True}
+    if model_type not in _ENCODER_ONLY_CLASS:
+        kwargs["add_pooling_layer"] = False
+    try:
+        model = model_cls.from_pretrained(folder, **kwargs)
+    except Exception as e:
+        raise InvalidModelFileError(
+            f"Cannot load the weights of encoder {folder!r}: {type(e).__name__}: {e}. "
+            f"Download the folder again."
+        ) from None
+    model.to(dtype=dtype or torch.float32)  # after loading: works across transformers 4.x and 5.x
+    mcfg = model.config
+    num_layers = getattr(mcfg, "num_hidden_layers", None) or getattr(mcfg, "num_layers")
+    hidden = getattr(mcfg, "hidden_size", None) or getattr(mcfg, "d_model")
+    info = EncoderInfo(
+        name=os.path.basename(os.path.normpath(folder)),
+        model_type=model_type,
+        hidden_size=int(hidden),
+        num_layers=int(num_layers),
+        vocab_size=int(mcfg.vocab_size),
+        fingerprint=_fingerprint(cfg, tokenizer),
+    )
+    encoder = MultilingualEncoder(model, tokenizer, info, folder)
+    if device is not None:
+        encoder.to(device)
+    log.info("Loaded encoder %s (%s, %d layers, hidden %d)", info.name, model_type, info.num_layers, info.hidden_size)
+    return encoder

@@ -1,0 +1,117 @@
+"""Encode nodes: BabelCLIP Text Encode and BabelCLIP Text Encode SDXL."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import IncompatibleAdapterError
+from ..models import MIX_MODES, encode_prompts, mix_with_clip
+from . import glue
+
+LAYER_CHOICES = ("from adapter", "last", "penultimate")
+
+_TOOLTIPS = {
+    "encoder": "The multilingual encoder from 'BabelCLIP Load Encoder'.",
+    "adapter": "The language adapter from 'BabelCLIP Load Adapter'.",
+    "text": "The prompt, in any language the encoder knows. ComfyUI weights work: (word), (word:1.3), \\( \\).",
+    "clip": "Optional: the checkpoint's CLIP. Checks that the adapter fits the checkpoint and enables mixing.",
+    "clip_mix": "How to combine with the stock CLIP encoding of the same text (needs clip): off; concat = append "
+                "CLIP's tokens (keeps LoRA trigger words and English tags working); blend = mix token by token.",
+    "clip_strength": "Weight of CLIP in blend mode and in the pooled vector of concat/blend (0 = BabelCLIP only).",
+    "encoder_layer": "Which encoder layer feeds the adapter. 'from adapter' uses the layer it was trained on.",
+}
+
+
+def _inputs(extra: dict | None = None) -> dict:
+    required = {
+        "encoder": ("BABELCLIP_ENCODER", {"tooltip": _TOOLTIPS["encoder"]}),
+        "adapter": ("BABELCLIP_ADAPTER", {"tooltip": _TOOLTIPS["adapter"]}),
+        "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "tooltip": _TOOLTIPS["text"]}),
+    }
+    required.update(extra or {})
+    return {
+        "required": required,
+        "optional": {
+            "clip": ("CLIP", {"tooltip": _TOOLTIPS["clip"]}),
+            "clip_mix": (list(MIX_MODES), {"default": "off", "tooltip": _TOOLTIPS["clip_mix"]}),
+            "clip_strength": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                                        "tooltip": _TOOLTIPS["clip_strength"]}),
+            "encoder_layer": (list(LAYER_CHOICES), {"default": "from adapter",
+                                                    "tooltip": _TOOLTIPS["encoder_layer"]}),
+        },
+    }
+
+
+def encode(encoder, adapter, text, clip=None, clip_mix="off", clip_strength=0.5, encoder_layer="from adapter",
+           require_family: str | None = None):
+    """Shared body of both encode nodes: returns ``(cond, pooled)`` on ComfyUI's intermediate device."""
+    family = glue.clip_family(clip) if clip is not None else None
+    if require_family and (family or adapter.spec.family).name != require_family:
+        raise IncompatibleAdapterError(
+            f"'BabelCLIP Text Encode SDXL' needs an SDXL adapter and checkpoint, but adapter "
+            f"{adapter.spec.name!r} is for {adapter.spec.family.label}"
+            + (f" and the connected CLIP is {family.label}" if family else "")
+            + ". Use 'BabelCLIP Text Encode' for SD1.x/SD2.x.")
+    if clip_mix != "off" and clip is None:
+        raise IncompatibleAdapterError(f"clip_mix is {clip_mix!r} but no CLIP is connected: connect the "
+                                       f"checkpoint's CLIP output or set clip_mix to 'off'.")
+    adapter_patcher = adapter.patcher_for(encoder, family)
+    glue.load_for_encode(encoder, adapter_patcher)
+    layer = None if encoder_layer == "from adapter" else encoder_layer
+    result = encode_prompts(encoder.encoder, adapter_patcher.model, [text], layer=layer,
+                            check_interrupt=glue.check_interrupt)
+    clip_cond = clip_pooled = clip_empty = None
+    if clip is not None and clip_mix != "off":
+        clip_cond, clip_pooled = glue.clip_encode(clip, text)
+        if clip_mix == "blend":
+            clip_empty = glue.clip_encode(clip, "")[0][0, :77]
+        cond, pooled = mix_with_clip(result, clip_cond, clip_pooled, mode=clip_mix, strength=clip_strength,
+                                     clip_empty=clip_empty)
+    else:
+        cond, pooled = result.cond, result.pooled
+    out = glue.intermediate_device()
+    return cond.to(out, torch.float32), pooled.to(out, torch.float32)
+
+
+class TextEncode:
+    DESCRIPTION = ("Encodes a prompt in any language with a multilingual encoder + language adapter into "
+                   "CONDITIONING that every stock node accepts (replaces CLIP Text Encode).")
+    CATEGORY = "BabelCLIP"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING",)
+    OUTPUT_TOOLTIPS = ("Conditioning for KSampler and every node that takes CONDITIONING.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return _inputs()
+
+    def encode(self, encoder, adapter, text, **options):
+        cond, pooled = encode(encoder, adapter, text, **options)
+        return ([[cond, {"pooled_output": pooled}]],)
+
+
+class TextEncodeSDXL:
+    DESCRIPTION = ("SDXL version of BabelCLIP Text Encode: adds the size and crop conditioning of "
+                   "CLIPTextEncodeSDXL.")
+    CATEGORY = "BabelCLIP"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING",)
+    OUTPUT_TOOLTIPS = ("SDXL conditioning with pooled output and size/crop conditioning.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = lambda d, tip: ("INT", {"default": d, "min": 0, "max": 16384, "step": 8, "tooltip": tip})  # noqa: E731
+        return _inputs({
+            "width": size(1024, "Original image width SDXL is told about (as CLIPTextEncodeSDXL)."),
+            "height": size(1024, "Original image height SDXL is told about."),
+            "crop_w": size(0, "Horizontal crop offset SDXL is told about (0 = centered, uncropped)."),
+            "crop_h": size(0, "Vertical crop offset SDXL is told about."),
+            "target_width": size(1024, "Target width SDXL is told about."),
+            "target_height": size(1024, "Target height SDXL is told about."),
+        })
+
+    def encode(self, encoder, adapter, text, width, height, crop_w, crop_h, target_width, target_height,
+               **options):
+        cond, pooled = encode(encoder, adapter, text, require_family="sdxl", **options)
+        return ([[cond, {"pooled_output": pooled, "width": width, "height": height, "crop_w": crop_w,
+                         "crop_h": crop_h, "target_width": target_width, "target_height": target_height}]],)

@@ -1,0 +1,128 @@
+"""Thin glue between the pure core and ComfyUI: model folders and memory management.
+
+Encoders and adapters are wrapped in ComfyUI's ``ModelPatcher`` so that its
+memory manager moves them between the text-encoder device and the offload
+device like any CLIP. The wrappers are node *outputs*: ComfyUI caches them per
+graph; nothing is kept in a module global or on a node instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import folder_paths
+
+from ..models import detect_family_from_keys, load_adapter, load_encoder, read_adapter_spec
+from ..models.adapter_file import AdapterSpec, check_compatible
+from ..models.encoder import MultilingualEncoder
+from ..models.families import TargetFamily
+from ..models.paths import list_files, list_model_folders, resolve_inside
+
+log = logging.getLogger("babelclip")
+
+ADAPTER_FOLDER = "babelclip"
+ENCODER_FOLDERS = ("text_encoders", "clip")  # current ComfyUI, then the 2024 name
+
+
+def register_folders() -> None:
+    """Add ``models/babelclip`` to ComfyUI's model folders, merging with any user entry."""
+    default = os.path.join(folder_paths.models_dir, ADAPTER_FOLDER)
+    entry = folder_paths.folder_names_and_paths.get(ADAPTER_FOLDER)
+    paths = list(entry[0]) if entry else []
+    if default not in paths:
+        paths.append(default)
+    folder_paths.folder_names_and_paths[ADAPTER_FOLDER] = (paths, {".safetensors"})
+
+
+def adapter_dirs() -> list[str]:
+    return list(folder_paths.get_folder_paths(ADAPTER_FOLDER))
+
+
+def encoder_dirs() -> list[str]:
+    dirs: list[str] = []
+    for name in ENCODER_FOLDERS:
+        if name in folder_paths.folder_names_and_paths:
+            dirs += [d for d in folder_paths.get_folder_paths(name) if d not in dirs]
+    return dirs
+
+
+def list_adapters() -> list[str]:
+    return list_files(adapter_dirs(), (".safetensors",))
+
+
+def list_encoders() -> list[str]:
+    return list_model_folders(encoder_dirs())
+
+
+def _devices() -> tuple[torch.device, torch.device, torch.dtype]:
+    load = mm.text_encoder_device()
+    offload = mm.text_encoder_offload_device()
+    if load.type == "cpu":
+        dtype = torch.float32
+    else:
+        dtype = mm.text_encoder_dtype(load)
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):  # fp8 options: HF models can't run them
+            dtype = torch.float16
+    return load, offload, dtype
+
+
+def intermediate_device() -> torch.device:
+    return mm.intermediate_device() if hasattr(mm, "intermediate_device") else torch.device("cpu")
+
+
+class ManagedEncoder:
+    """A loaded encoder under ComfyUI's memory management (the BABELCLIP_ENCODER type)."""
+
+    def __init__(self, name: str):
+        path = resolve_inside(encoder_dirs(), name, "encoder folder")
+        load, offload, dtype = _devices()
+        self.encoder: MultilingualEncoder = load_encoder(path, device=offload, dtype=dtype)
+        self.patcher = comfy.model_patcher.ModelPatcher(self.encoder, load_device=load, offload_device=offload)
+
+    @property
+    def info(self):
+        return self.encoder.info
+
+
+class AdapterHandle:
+    """An adapter file whose header is validated; tensors are read on first use (BABELCLIP_ADAPTER)."""
+
+    def __init__(self, name: str):
+        self.path = resolve_inside(adapter_dirs(), name, "adapter")
+        self.spec: AdapterSpec = read_adapter_spec(self.path)
+        self._patcher = None
+
+    def patcher_for(self, encoder: ManagedEncoder, family: TargetFamily | None):
+        """Check the adapter against the encoder and CLIP, then load it (once) under a ModelPatcher."""
+        check_compatible(self.spec, encoder.info, family)
+        if self._patcher is None:
+            load, offload, _ = _devices()
+            adapter = load_adapter(self.path, encoder=encoder.info, family=family, device=offload,
+                                   dtype=encoder.encoder.dtype)
+            self._patcher = comfy.model_patcher.ModelPatcher(adapter, load_device=load, offload_device=offload)
+        return self._patcher
+
+
+def clip_family(clip) -> TargetFamily:
+    """Family of a ComfyUI CLIP object, from its state-dict key prefixes."""
+    return detect_family_from_keys(clip.cond_stage_model.state_dict().keys(), "the CLIP connected to BabelCLIP")
+
+
+def clip_encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stock CLIPTextEncode result for ``text`` (cond, pooled), in every ComfyUI version."""
+    tokens = clip.tokenize(text)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return cond, pooled
+
+
+def load_for_encode(encoder: ManagedEncoder, adapter_patcher) -> None:
+    mm.load_models_gpu([encoder.patcher, adapter_patcher])
+
+
+def check_interrupt() -> None:
+    mm.throw_exception_if_processing_interrupted()

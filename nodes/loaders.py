@@ -1,0 +1,48 @@
+"""Loader nodes: BabelCLIP Load Encoder, BabelCLIP Load Adapter."""
+
+from __future__ import annotations
+
+from . import glue
+
+
+class LoadEncoder:
+    DESCRIPTION = ("Loads a frozen multilingual text encoder (XLM-RoBERTa, multilingual-E5, LaBSE, mT5, ...) "
+                   "from a Hugging Face folder in models/text_encoders (or models/clip).")
+    CATEGORY = "BabelCLIP"
+    FUNCTION = "load"
+    RETURN_TYPES = ("BABELCLIP_ENCODER",)
+    RETURN_NAMES = ("encoder",)
+    OUTPUT_TOOLTIPS = ("The multilingual encoder, managed by ComfyUI's model memory manager.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "encoder_name": (glue.list_encoders(), {
+                "tooltip": "A folder with config.json, *.safetensors weights and tokenizer files under "
+                           "models/text_encoders or models/clip, e.g. one made by `huggingface-cli download "
+                           "xlm-roberta-large --local-dir models/text_encoders/xlm-roberta-large`."}),
+        }}
+
+    def load(self, encoder_name):
+        return (glue.ManagedEncoder(encoder_name),)
+
+
+class LoadAdapter:
+    DESCRIPTION = ("Loads a BabelCLIP language adapter (.safetensors in models/babelclip). The file's header is "
+                   "checked now; its weights load when the encode node checks it against the encoder and CLIP.")
+    CATEGORY = "BabelCLIP"
+    FUNCTION = "load"
+    RETURN_TYPES = ("BABELCLIP_ADAPTER",)
+    RETURN_NAMES = ("adapter",)
+    OUTPUT_TOOLTIPS = ("The adapter that maps the encoder's states to this checkpoint's conditioning.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "adapter_name": (glue.list_adapters(), {
+                "tooltip": "An adapter file in models/babelclip. It must match the encoder (same model) and the "
+                           "checkpoint family (SD1.x, SD2.x or SDXL) it was trained for."}),
+        }}
+
+    def load(self, adapter_name):
+        return (glue.AdapterHandle(adapter_name),)

@@ -1,0 +1,1 @@
+"""Training subpackage (recipes, feature cache, trainer, evaluation). Pure torch, no ComfyUI imports."""
