@@ -40,6 +40,8 @@ SUPPORTED_ENCODERS: dict[str, str] = {
     "mt5": "mT5 encoder",
     "umt5": "UMT5 encoder",
 }
+_TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
+                    "vocab.txt", "vocab.json")
 _ENCODER_ONLY_CLASS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
 
 #: ``"last"``, ``"penultimate"`` or an index into the hidden states
@@ -122,6 +124,12 @@ class MultilingualEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @device.setter
+    def device(self, value) -> None:
+        # ComfyUI's ModelPatcher records the device it moved a model to as ``model.device``;
+        # the getter already reads it off the parameters, so there is nothing to store.
+        pass
 
     @property
     def dtype(self) -> torch.dtype:
@@ -290,6 +298,11 @@ def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None =
             f"{', '.join(f'{k} ({v})' for k, v in SUPPORTED_ENCODERS.items())}."
         )
     _check_weights(folder)
+    if not any(os.path.isfile(os.path.join(folder, f)) for f in _TOKENIZER_FILES):
+        raise InvalidModelFileError(
+            f"Encoder folder {folder!r} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}). "
+            f"Download the full model folder, tokenizer included."
+        )
 
     import transformers  # heavy: imported only when a model is loaded
 
