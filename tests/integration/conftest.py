@@ -18,7 +18,7 @@ def sd15_folder():
     """A random-weight SD1.5 model in the diffusers layout, built once and cached (about 2 GB)."""
     from .sd15 import build_sd15
 
-    return build_sd15(str(CACHE / "sd15-random-v1"))
+    return build_sd15(str(CACHE / "sd15-random-v2"))
 
 
 def _sources():

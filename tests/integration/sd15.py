@@ -33,6 +33,7 @@ def build_sd15(folder: str, seed: int = 0) -> str:
     """Write the model to ``folder`` (atomically: a temporary folder renamed at the end)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel
 
     if os.path.exists(os.path.join(folder, "model_index.json")):
@@ -49,8 +50,15 @@ def build_sd15(folder: str, seed: int = 0) -> str:
         vae = AutoencoderKL(**SD15_VAE)
         vae.to(torch.float16).save_pretrained(os.path.join(tmp, "vae"), safe_serialization=True)
         del vae
-        clip = CLIPTextModel(CLIPTextConfig(**CLIP_L))
-        clip.to(torch.float16).save_pretrained(os.path.join(tmp, "text_encoder"), safe_serialization=True)
+        config = CLIPTextConfig(**CLIP_L)
+        clip = CLIPTextModel(config).to(torch.float16)
+        # The layout of real SD1.5 text encoders (and of transformers 4.x): every key under "text_model.".
+        # transformers 5 saves this model without that prefix, so the file is written here.
+        state = {(k if k.startswith("text_model.") else "text_model." + k): v.contiguous()
+                 for k, v in clip.state_dict().items()}
+        os.makedirs(os.path.join(tmp, "text_encoder"))
+        save_file(state, os.path.join(tmp, "text_encoder", "model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(os.path.join(tmp, "text_encoder"))
     with open(os.path.join(tmp, "model_index.json"), "w") as f:
         json.dump({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
                    "vae": ["diffusers", "AutoencoderKL"],

@@ -86,3 +86,21 @@ def test_wrong_family_adapter_fails_cleanly_and_server_keeps_serving(comfy):
     good = comfy.run(graph("tiny-sd1.safetensors", "قطة حمراء على السطح", seed=4, prefix="babel_after"))
     assert good["status"]["status_str"] == "success", good["status"]
     assert _saved_images(comfy, good)
+
+
+def test_example_workflows_match_the_servers_nodes(comfy):
+    """Every node of the shipped UI workflows exists, and BabelCLIP nodes have the widgets the server defines."""
+    import json
+    from pathlib import Path
+
+    info = comfy.get("/object_info")
+    files = sorted((Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
+    assert len(files) >= 2
+    for f in files:
+        for node in json.loads(f.read_text())["nodes"]:
+            assert node["type"] in info, f"{f.name}: {node['type']} is not a node of {comfy.label}"
+            if node["type"].startswith("BabelCLIP"):
+                spec = info[node["type"]]["input"]
+                inputs = [*spec["required"].values(), *spec.get("optional", {}).values()]
+                widgets = [s for s in inputs if isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")]
+                assert len(node["widgets_values"]) == len(widgets), (f.name, node["type"])

