@@ -61,7 +61,7 @@ def tokenize_prompt(encoder: MultilingualEncoder, prompt: str) -> _Prompt:
     room = encoder.max_length - encoder.special_tokens
     if room < 1:
         raise InvalidDataError(f"Encoder {encoder.info.name!r} leaves no room for text in a sequence.")
-    pre, post = len(encoder._prefix), len(encoder._suffix)
+    pre, post = len(encoder.prefix_tokens), len(encoder.suffix_tokens)
     chunks, weights = [], []
     for start in range(0, max(len(ids), 1), room):
         piece = ids[start: start + room]

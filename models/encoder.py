@@ -118,8 +118,8 @@ class MultilingualEncoder(nn.Module):
         cfg = model.config
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.max_length = _max_length(cfg, tokenizer)
-        self._prefix, self._suffix = _special_token_template(tokenizer)
-        self.special_tokens = len(self._prefix) + len(self._suffix)
+        self.prefix_tokens, self.suffix_tokens = _special_token_template(tokenizer)
+        self.special_tokens = len(self.prefix_tokens) + len(self.suffix_tokens)
 
     @property
     def device(self) -> torch.device:
@@ -146,7 +146,7 @@ class MultilingualEncoder(nn.Module):
 
     def with_special_tokens(self, ids: Sequence[int]) -> list[int]:
         """Wrap one chunk of token ids with the model's special tokens (CLS/SEP, </s>, ...)."""
-        return [*self._prefix, *ids, *self._suffix]
+        return [*self.prefix_tokens, *ids, *self.suffix_tokens]
 
     # -- forward ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -329,8 +329,8 @@ def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None =
         ) from None
     model.to(dtype=dtype or torch.float32)  # after loading: works across transformers 4.x and 5.x
     mcfg = model.config
-    num_layers = getattr(mcfg, "num_hidden_layers", None) or getattr(mcfg, "num_layers")
-    hidden = getattr(mcfg, "hidden_size", None) or getattr(mcfg, "d_model")
+    num_layers = getattr(mcfg, "num_hidden_layers", None) or mcfg.num_layers
+    hidden = getattr(mcfg, "hidden_size", None) or mcfg.d_model
     info = EncoderInfo(
         name=os.path.basename(os.path.normpath(folder)),
         model_type=model_type,

@@ -8,7 +8,6 @@ graph; nothing is kept in a module global or on a node instance.
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
@@ -22,8 +21,6 @@ from ..models.adapter_file import AdapterSpec, check_compatible
 from ..models.encoder import MultilingualEncoder
 from ..models.families import TargetFamily
 from ..models.paths import list_files, list_model_folders, resolve_inside
-
-log = logging.getLogger("babelclip")
 
 ADAPTER_FOLDER = "babelclip"
 ENCODER_FOLDERS = ("text_encoders", "clip")  # current ComfyUI, then the 2024 name
