@@ -219,13 +219,14 @@ def check_compatible(spec: AdapterSpec, encoder: EncoderInfo | None = None,
                  spec.name, theirs.get("name"), encoder.name)
 
 
-def load_adapter(path: str | os.PathLike, *, encoder: EncoderInfo | None = None,
+def load_adapter(path: str | os.PathLike | AdapterSpec, *, encoder: EncoderInfo | None = None,
                  family: TargetFamily | None = None, device=None, dtype=None) -> Adapter:
     """Load an adapter file, validated against ``encoder`` and ``family`` before any tensor is read.
 
+    ``path`` may also be the :class:`AdapterSpec` already read from the file's header.
     The returned module is in eval mode and carries its :class:`AdapterSpec` as ``adapter.spec``.
     """
-    spec = read_adapter_spec(path)
+    spec = path if isinstance(path, AdapterSpec) else read_adapter_spec(path)
     check_compatible(spec, encoder, family)
     from safetensors.torch import load_file
 

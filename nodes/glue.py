@@ -99,7 +99,7 @@ class AdapterHandle:
         check_compatible(self.spec, encoder.info, family)
         if self._patcher is None:
             load, offload, _ = _devices()
-            adapter = load_adapter(self.path, encoder=encoder.info, family=family, device=offload,
+            adapter = load_adapter(self.spec, encoder=encoder.info, family=family, device=offload,
                                    dtype=encoder.encoder.dtype)
             self._patcher = comfy.model_patcher.ModelPatcher(adapter, load_device=load, offload_device=offload)
         return self._patcher
