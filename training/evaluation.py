@@ -1,0 +1,139 @@
+"""Evaluation protocol (DESIGN.md §6): does the adapter put a translation where the teacher puts the English?
+
+For held-out parallel pairs ``(x_en, x_lang)`` the teacher embeds ``x_en`` and the
+student (encoder + adapter) embeds ``x_lang``. Per language, on the cosine
+similarity matrix between the two sets, it reports text->image-style retrieval
+recall R@1/5/10 in both directions, their mean, the mean cosine of true pairs,
+and the token-level MSE to the teacher where the token counts agree. Results are
+written as JSON, a Markdown table and a PNG chart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+
+__all__ = ["recall_at_k", "evaluate_embeddings", "report_markdown", "write_report", "KS"]
+
+KS = (1, 5, 10)
+
+
+def recall_at_k(sim: torch.Tensor, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Row ``i`` of ``sim [N, N]`` should rank column ``i`` first; fraction of rows where it is in the top k."""
+    n = sim.shape[0]
+    true = sim.diagonal().unsqueeze(1)
+    rank = (sim > true).sum(1)  # ties count in the query's favour
+    return {f"r@{k}": float((rank < k).float().mean()) if n else 0.0 for k in ks}
+
+
+def _cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = torch.nn.functional.normalize(a.float(), dim=-1)
+    b = torch.nn.functional.normalize(b.float(), dim=-1)
+    return a @ b.T
+
+
+def evaluate_embeddings(teacher: torch.Tensor, student: torch.Tensor, langs: Sequence[str], *,
+                        teacher_tokens: Sequence[torch.Tensor] | None = None,
+                        student_tokens: Sequence[torch.Tensor] | None = None) -> dict:
+    """Per-language retrieval metrics between teacher(English) and student(translation) embeddings.
+
+    Args:
+        teacher: ``[N, D]`` pooled (or token-mean) teacher embeddings of the English side.
+        student: ``[N, D]`` the student's embeddings of the target-language side, row-aligned.
+        langs: language code of each row.
+        teacher_tokens / student_tokens: optional per-row token sequences ``[T_i, D]``; the MSE is
+            averaged over the rows whose token counts agree.
+
+    Returns ``{"languages": {lang: metrics}, "average": metrics, "pairs": N}``.
+    """
+    if teacher.shape != student.shape or teacher.shape[0] != len(langs):
+        raise ValueError(f"shapes disagree: teacher {tuple(teacher.shape)}, student {tuple(student.shape)}, "
+                         f"{len(langs)} languages")
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, lang in enumerate(langs):
+        rows[lang].append(i)
+    per_lang = {}
+    for lang, idx in sorted(rows.items()):
+        sim = _cosine_matrix(student[idx], teacher[idx])  # query: target-language text
+        metrics = {}
+        for direction, matrix in (("lang2en", sim), ("en2lang", sim.T)):
+            for key, value in recall_at_k(matrix).items():
+                metrics[f"{direction}_{key}"] = value
+        for k in KS:  # the headline r@k averages both directions
+            metrics[f"r@{k}"] = (metrics[f"lang2en_r@{k}"] + metrics[f"en2lang_r@{k}"]) / 2
+        metrics["mean_recall"] = sum(metrics[f"r@{k}"] for k in KS) / len(KS)
+        metrics["cosine"] = float(sim.diagonal().mean())
+        if teacher_tokens is not None and student_tokens is not None:
+            errs = [float((student_tokens[i].float() - teacher_tokens[i].float()).square().mean())
+                    for i in idx if student_tokens[i].shape == teacher_tokens[i].shape]
+            metrics["token_mse"] = sum(errs) / len(errs) if errs else float("nan")
+        metrics["pairs"] = len(idx)
+        per_lang[lang] = metrics
+    keys = [k for k in next(iter(per_lang.values())) if k != "pairs"]
+    average = {k: _mean([m[k] for m in per_lang.values()]) for k in keys}
+    return {"languages": per_lang, "average": average, "pairs": int(teacher.shape[0])}
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def report_markdown(report: dict) -> str:
+    """A Markdown table: one row per language plus the average."""
+    cols = ["r@1", "r@5", "r@10", "mean_recall", "cosine"]
+    if "token_mse" in report["average"]:
+        cols.append("token_mse")
+    lines = ["| language | pairs | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for lang, m in report["languages"].items():
+        lines.append(f"| {lang} | {m['pairs']} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
+    avg = report["average"]
+    lines.append(f"| **average** | {report['pairs']} | " + " | ".join(f"{avg[c]:.3f}" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _chart(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    langs = list(report["languages"])
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(langs) + 2), 3.2), dpi=100)
+    width = 0.27
+    for j, k in enumerate(KS):
+        values = [report["languages"][lang][f"r@{k}"] for lang in langs]
+        ax.bar([i + (j - 1) * width for i in range(len(langs))], values, width, label=f"R@{k}")
+    ax.set_xticks(range(len(langs)), langs)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("recall (both directions)")
+    ax.set_title("BabelCLIP adapter vs teacher, held-out pairs")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(report: dict, prefix: str | os.PathLike) -> dict[str, str]:
+    """Write ``<prefix>.json``, ``<prefix>.md`` and ``<prefix>.png``; return their paths."""
+    prefix = os.fspath(prefix)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    paths = {"json": prefix + ".json", "markdown": prefix + ".md", "chart": prefix + ".png"}
+    for kind, path in paths.items():
+        tmp = path + ".tmp"
+        if kind == "json":
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=2, ensure_ascii=False, allow_nan=True)
+        elif kind == "markdown":
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(report_markdown(report))
+        else:
+            _chart(report, tmp + ".png")
+            os.replace(tmp + ".png", tmp)
+        os.replace(tmp, path)
+    return paths
