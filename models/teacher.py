@@ -1,0 +1,252 @@
+"""Frozen CLIP teachers read from checkpoint files: English text -> conditioning + pooled.
+
+This is the command-line teacher source: the text encoders of a single-file
+SD1.x / SD2.x / SDXL ``.safetensors`` checkpoint (original key layouts) or of a
+diffusers folder, rebuilt as ``transformers`` CLIP text models and run the way
+ComfyUI's CLIPTextEncode runs them (tokens padded to 77, the family's layer,
+final layer norm or not, projected pooled output of the end-of-text token). The
+ComfyUI node source (a loaded CLIP object) lives in ``nodes/``; both produce a
+:class:`TeacherOutput`.
+
+Only the text-encoder tensors are read from a checkpoint (memory-mapped), never
+its UNet or VAE. A CLIP BPE vocabulary is not part of a single-file checkpoint:
+pass the ``tokenizer/`` folder of a diffusers model or ComfyUI's ``comfy/sd1_tokenizer``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InvalidModelFileError, UnsupportedModelError
+from .adapter_file import tensor_hash
+from .families import FAMILIES, TargetFamily
+from .prompt import parse_prompt_weights
+
+__all__ = ["TeacherOutput", "ClipTower", "CheckpointTeacher", "load_teacher", "TOWERS"]
+
+BOS, EOS, CONTEXT = 49406, 49407, 77
+
+
+@dataclass
+class TeacherOutput:
+    """``cond [B, 77, cond_dim]`` and ``pooled [B, pooled_dim]``, float32."""
+
+    cond: torch.Tensor
+    pooled: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ClipTower:
+    """How ComfyUI runs one CLIP tower of a family.
+
+    ``layer``: None = last layer, negative = a hidden layer (-2 = penultimate);
+    ``final_norm``: apply the final layer norm to a hidden layer's output;
+    ``pad``: the padding token; ``pooled``: this tower supplies the pooled output.
+    """
+
+    name: str
+    layer: int | None
+    final_norm: bool
+    pad: int
+    pooled: bool
+
+
+TOWERS: dict[str, tuple[ClipTower, ...]] = {
+    "sd1": (ClipTower("clip_l", None, True, EOS, True),),
+    "sd2": (ClipTower("clip_h", -2, True, 0, True),),
+    "sdxl": (ClipTower("clip_l", -2, False, EOS, False), ClipTower("clip_g", -2, False, 0, True)),
+}
+
+# key prefix of each tower, per single-file layout, and whether it is OpenCLIP-formatted
+_LAYOUTS = {
+    "sd1": {"clip_l": ("cond_stage_model.transformer.", False)},
+    "sd2": {"clip_h": ("cond_stage_model.model.", True)},
+    "sdxl": {"clip_l": ("conditioner.embedders.0.transformer.", False),
+             "clip_g": ("conditioner.embedders.1.model.", True)},
+}
+
+
+def _openclip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an OpenCLIP text tower (``transformer.resblocks.*``) to transformers' CLIP layout."""
+    out: dict[str, torch.Tensor] = {}
+    simple = {"token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+              "positional_embedding": "text_model.embeddings.position_embedding.weight",
+              "ln_final.weight": "text_model.final_layer_norm.weight",
+              "ln_final.bias": "text_model.final_layer_norm.bias"}
+    inner = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    for key, value in sd.items():
+        if key in simple:
+            out[simple[key]] = value
+        elif key == "text_projection":
+            out["text_projection.weight"] = value.T.contiguous()
+        elif m := re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+?)[._](weight|bias)", key):
+            i, part, kind = m.groups()
+            prefix = f"text_model.encoder.layers.{i}."
+            if part == "attn.in_proj":
+                for name, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, 0)):
+                    out[f"{prefix}self_attn.{name}.{kind}"] = chunk.contiguous()
+            elif part in inner:
+                out[f"{prefix}{inner[part]}.{kind}"] = value
+    return out
+
+
+def _hf_config(sd: dict[str, torch.Tensor], act: str):
+    from transformers import CLIPTextConfig
+
+    vocab, hidden = sd["text_model.embeddings.token_embedding.weight"].shape
+    layers = len({k.split(".")[3] for k in sd if k.startswith("text_model.encoder.layers.")})
+    proj = sd.get("text_projection.weight")
+    return CLIPTextConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+        intermediate_size=sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        max_position_embeddings=sd["text_model.embeddings.position_embedding.weight"].shape[0],
+        hidden_act=act, projection_dim=proj.shape[0] if proj is not None else hidden,
+        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=1)
+
+
+def _build_tower(sd: dict[str, torch.Tensor], act: str) -> nn.Module:
+    from transformers import CLIPTextModelWithProjection
+
+    config = _hf_config(sd, act)
+    sd = dict(sd)
+    if "text_projection.weight" not in sd:  # SD1's CLIP-L ships no projection; ComfyUI uses identity
+        sd["text_projection.weight"] = torch.eye(config.hidden_size, dtype=sd["text_model.final_layer_norm.weight"].dtype)
+    sd.pop("text_model.embeddings.position_ids", None)
+    # Built on the CPU, not the meta device: non-persistent buffers (position ids) must be real.
+    model = CLIPTextModelWithProjection(config)
+    missing, _ = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    if missing:
+        raise InvalidModelFileError(f"The text encoder lacks {len(missing)} tensors (e.g. {missing[0]}).")
+    return model.eval().requires_grad_(False)
+
+
+class CheckpointTeacher(nn.Module):
+    """The frozen CLIP text encoder(s) of one checkpoint, run as ComfyUI's CLIPTextEncode."""
+
+    def __init__(self, family: TargetFamily, towers: dict[str, nn.Module], tokenizer, fingerprint: str,
+                 source: str = ""):
+        super().__init__()
+        self.family, self.tokenizer, self.fingerprint, self.source = family, tokenizer, fingerprint, source
+        self.towers = nn.ModuleDict(towers)
+        self.clip_skip: int | None = None  # like CLIPSetLastLayer: -1 last, -2 penultimate, ...
+
+    def tokens(self, text: str, pad: int) -> list[int]:
+        """ComfyUI's token stream for one prompt: words tokenized one by one, 75 tokens, BOS/EOS, padded."""
+        clean = parse_prompt_weights(text).text.replace("\n", " ")
+        ids: list[int] = []
+        for word in (w for w in clean.split(" ") if w):
+            ids += self.tokenizer(word)["input_ids"][1:-1]
+        ids = [BOS, *ids[: CONTEXT - 2], EOS]
+        return ids + [pad] * (CONTEXT - len(ids))
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> TeacherOutput:
+        conds, pooled = [], None
+        device = next(self.parameters()).device
+        for spec in TOWERS[self.family.name]:
+            model = self.towers[spec.name]
+            ids = torch.tensor([self.tokens(t, spec.pad) for t in texts], device=device)
+            out = model(input_ids=ids, output_hidden_states=True)
+            layer = spec.layer if self.clip_skip is None else self.clip_skip
+            if layer is None:
+                z = out.last_hidden_state
+            else:
+                z = out.hidden_states[layer]
+                if spec.final_norm:
+                    z = model.text_model.final_layer_norm(z)
+            conds.append(z.float())
+            if spec.pooled:
+                pooled = out.text_embeds.float()
+        return TeacherOutput(torch.cat(conds, -1), pooled)
+
+
+def _read_keys(path: str, prefix: str) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+
+
+def _single_file(path: str) -> tuple[str, dict[str, nn.Module], dict]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:
+        raise InvalidModelFileError(f"Checkpoint {path!r} is not a readable safetensors file ({e}).") from None
+    for family, towers in (("sdxl", _LAYOUTS["sdxl"]), ("sd2", _LAYOUTS["sd2"]), ("sd1", _LAYOUTS["sd1"])):
+        if all(any(k.startswith(p) for k in keys) for p, _ in towers.values()):
+            built, tensors = {}, {}
+            for name, (prefix, openclip) in towers.items():
+                sd = _read_keys(path, prefix)
+                sd = _openclip_to_hf(sd) if openclip else sd
+                tensors.update({f"{name}.{k}": v for k, v in sd.items()})
+                built[name] = _build_tower(sd, "gelu" if openclip else "quick_gelu")
+            return family, built, tensors
+    raise UnsupportedModelError(
+        f"Checkpoint {path!r} has no SD1.x, SD2.x or SDXL text encoder in a known key layout "
+        f"(cond_stage_model.transformer.*, cond_stage_model.model.*, conditioner.embedders.0/1.*).")
+
+
+def _diffusers_folder(path: str) -> tuple[str, dict[str, nn.Module], dict]:
+    from safetensors.torch import load_file
+
+    def tower(sub: str) -> tuple[dict, str] | None:
+        folder = os.path.join(path, sub)
+        weights = next((os.path.join(folder, n) for n in ("model.safetensors", "model.fp16.safetensors")
+                        if os.path.isfile(os.path.join(folder, n))), None)
+        if weights is None:
+            return None
+        sd = load_file(weights)
+        if not any(k.startswith("text_model.") for k in sd):  # transformers 5 drops the prefix
+            sd = {(k if k.startswith("text_projection") else "text_model." + k): v for k, v in sd.items()}
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            act = json.load(f).get("hidden_act", "quick_gelu")
+        return sd, act
+
+    first, second = tower("text_encoder"), tower("text_encoder_2")
+    if first is None:
+        raise InvalidModelFileError(f"Diffusers folder {path!r} has no text_encoder/model.safetensors.")
+    if second is not None:
+        family, parts = "sdxl", {"clip_l": first, "clip_g": second}
+    else:
+        hidden = first[0]["text_model.embeddings.token_embedding.weight"].shape[1]
+        family, parts = ("sd2", {"clip_h": first}) if hidden == 1024 else ("sd1", {"clip_l": first})
+    tensors = {f"{n}.{k}": v for n, (sd, _) in parts.items() for k, v in sd.items()}
+    return family, {n: _build_tower(sd, act) for n, (sd, act) in parts.items()}, tensors
+
+
+def load_teacher(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> CheckpointTeacher:
+    """Load the CLIP teacher of a checkpoint file or diffusers folder (float32, CPU).
+
+    ``tokenizer``: a folder with CLIP's ``vocab.json`` + ``merges.txt``; default: the
+    diffusers folder's ``tokenizer/``.
+    """
+    from transformers import CLIPTokenizer
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InvalidModelFileError(f"Checkpoint {path!r} does not exist.")
+    if os.path.isdir(path):
+        family, towers, tensors = _diffusers_folder(path)
+        tokenizer = tokenizer or os.path.join(path, "tokenizer")
+    elif path.lower().endswith(".safetensors"):
+        family, towers, tensors = _single_file(path)
+    else:
+        raise InvalidModelFileError(
+            f"{path!r} is not a .safetensors checkpoint or a diffusers folder; BabelCLIP never unpickles .ckpt files.")
+    if tokenizer is None or not os.path.isfile(os.path.join(os.fspath(tokenizer), "vocab.json")):
+        raise InvalidModelFileError(
+            f"No CLIP tokenizer for {path!r}: pass a folder with vocab.json and merges.txt (a diffusers model's "
+            f"tokenizer/ folder, or ComfyUI's comfy/sd1_tokenizer).")
+    tok = CLIPTokenizer.from_pretrained(os.fspath(tokenizer), local_files_only=True)
+    return CheckpointTeacher(FAMILIES[family], towers, tok, tensor_hash(tensors)[:16], path)
