@@ -16,7 +16,6 @@ from babelclip.models.teacher import EOS, load_teacher
 @pytest.fixture(scope="module")
 def clip_tokenizer(tmp_path_factory):
     """A CLIP BPE tokenizer folder built from a tiny vocabulary (real CLIP token ids for BOS/EOS)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     d = tmp_path_factory.mktemp("clip_tok")
     base = ["<unk>"] + [c + "</w>" for c in "abcdefghijklmnopqrstuvwxyz,."] + list("abcdefghijklmnopqrstuvwxyz")
