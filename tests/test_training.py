@@ -1,0 +1,148 @@
+"""Trainer and text recipes: learnability, generalisation, caching, resume, settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from babelclip.errors import InvalidDataError
+from babelclip.models import build_adapter, load_encoder
+from babelclip.models.tiny import build_tiny_encoder
+from babelclip.training.data import split_pairs
+from babelclip.training.evaluation import evaluate_embeddings
+from babelclip.training.features import prepare_text_features
+from babelclip.training.recipes import RECIPES, get_recipe
+from babelclip.training.trainer import TrainConfig, lr_at, train
+
+from . import synthetic
+
+
+@pytest.fixture(scope="module")
+def synth_encoder(tmp_path_factory):
+    folder = build_tiny_encoder(tmp_path_factory.mktemp("synth") / "enc", "xlm-roberta", extra_text=synthetic.all_text())
+    return load_encoder(folder)
+
+
+@pytest.fixture(scope="module")
+def task(synth_encoder, tmp_path_factory):
+    teacher = synthetic.LinearTeacher(synth_encoder)
+    train_pairs, val_pairs = split_pairs(synthetic.pairs(), 0.2, seed=0)
+    cache = tmp_path_factory.mktemp("cache")
+    tr = prepare_text_features(train_pairs, synth_encoder, teacher, cache)
+    va = prepare_text_features(val_pairs, synth_encoder, teacher, cache)
+    return teacher, tr, va
+
+
+def held_out(adapter, features):
+    batch = features.batch(range(len(features)))
+    with torch.no_grad():
+        out = adapter(batch.hidden, batch.mask)
+    return evaluate_embeddings(batch.teacher_pooled, out.pooled, ["en"] * len(features))["average"]
+
+
+@pytest.mark.parametrize("arch", ["linear", "mlp", "bottleneck", "resampler"])
+def test_altclip_kd_learns_every_architecture_and_generalises(task, arch):
+    _, tr, va = task
+    torch.manual_seed(0)
+    adapter = build_adapter(arch, 32, tr.family, **({"width": 128, "heads": 4} if arch == "resampler" else {}))
+    before = held_out(adapter, va)
+    result = train(adapter, get_recipe("altclip-kd"), tr, TrainConfig(steps=400, lr=3e-3, batch_size=32))
+    after = held_out(adapter, va)
+    assert result.losses[-1] < result.losses[0] / 10
+    assert after["cosine"] >= 0.98 and after["r@1"] >= 0.95, (before, after)
+
+
+def test_mclip_trikd_trains_a_contrastive_alignment(task):
+    _, tr, va = task
+    torch.manual_seed(0)
+    adapter = build_adapter("mlp", 32, tr.family, hidden_dim=256)
+    before = held_out(adapter, va)["r@1"]
+    result = train(adapter, get_recipe("mclip-trikd"), tr, TrainConfig(steps=150, lr=2e-3, batch_size=32))
+    assert result.losses[-1] < result.losses[0]
+    assert held_out(adapter, va)["r@1"] > max(0.8, before)
+
+
+def test_mclip_trikd_uses_images_when_given(task):
+    _, tr, _ = task
+    recipe = get_recipe("mclip-trikd")
+    adapter = build_adapter("linear", 32, tr.family)
+    batch = tr.batch(range(8))
+    plain, logs = recipe.loss(adapter, batch)
+    batch.image_embeds = torch.randn(8, 768)
+    with_images, logs2 = recipe.loss(adapter, batch)
+    assert set(logs) == {"ttc"} and set(logs2) == {"itc", "ttc"}
+    assert with_images.item() == pytest.approx(logs2["itc"] + 0.1 * logs2["ttc"], rel=1e-5)
+
+
+def test_frozen_models_run_once_per_unique_text(synth_encoder, tmp_path):
+    teacher = synthetic.LinearTeacher(synth_encoder, seed=3)
+    calls = []
+    original = synth_encoder.encode_ids
+
+    def counting(seqs, *a, **k):
+        calls.append(len(seqs))
+        return original(seqs, *a, **k)
+
+    synth_encoder.encode_ids = counting
+    try:
+        rows = synthetic.pairs()[:40]
+        feats = prepare_text_features(rows, synth_encoder, teacher, tmp_path)
+        first_enc, first_teacher = sum(calls), teacher.calls
+        assert first_teacher == 40
+        train(build_adapter("linear", 32, feats.family), get_recipe("altclip-kd"), feats,
+              TrainConfig(steps=30, batch_size=8))
+        prepare_text_features(rows, synth_encoder, teacher, tmp_path)  # a second run: all cached
+        assert sum(calls) == first_enc and teacher.calls == first_teacher
+    finally:
+        del synth_encoder.encode_ids
+
+
+def test_interrupt_and_resume_follow_the_same_curve(task, tmp_path):
+    _, tr, _ = task
+    config = TrainConfig(steps=60, lr=2e-3, batch_size=16, checkpoint_every=25)
+    torch.manual_seed(5)
+    full = build_adapter("mlp", 32, tr.family, hidden_dim=64)
+    init = {k: v.clone() for k, v in full.state_dict().items()}
+    whole = train(full, get_recipe("altclip-kd"), tr, config)
+
+    part = build_adapter("mlp", 32, tr.family, hidden_dim=64)
+    part.load_state_dict(init)
+    ckpt = str(tmp_path / "run.ckpt")
+    stop_at = iter(range(1000))
+    first = train(part, get_recipe("altclip-kd"), tr, config, checkpoint=ckpt,
+                  should_stop=lambda: next(stop_at) >= 37)
+    assert first.stopped and first.step == 37
+    resumed_adapter = build_adapter("mlp", 32, tr.family, hidden_dim=64)
+    resumed = train(resumed_adapter, get_recipe("altclip-kd"), tr, config, checkpoint=ckpt)
+    assert not resumed.stopped and resumed.step == 60
+    assert abs(resumed.losses[-1] - whole.losses[-1]) <= 1e-4
+    assert resumed.losses[:37] == first.losses
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(resumed_adapter.state_dict()[k], v, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"steps": 0}, "steps"), ({"lr": -1e-3}, "lr"), ({"lr": float("nan")}, "lr"),
+    ({"batch_size": 10_000}, "larger than"), ({"warmup": 1.5}, "warmup"),
+])
+def test_settings_out_of_range(task, bad, match):
+    _, tr, _ = task
+    with pytest.raises(InvalidDataError, match=match):
+        train(build_adapter("linear", 32, tr.family), get_recipe("altclip-kd"), tr, TrainConfig(**bad))
+
+
+def test_schedule_and_registry():
+    cfg = TrainConfig(steps=100, warmup=0.1, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(99, cfg) == pytest.approx(0.1, abs=0.01) and lr_at(50, cfg) < 1.0
+    assert {"altclip-kd", "mclip-trikd"} <= set(RECIPES)
+    with pytest.raises(InvalidDataError, match="Unknown recipe"):
+        get_recipe("dreambooth")
+
+
+def test_no_silent_fallback_to_cpu(monkeypatch):
+    from babelclip.training.trainer import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InvalidDataError, match="CUDA is not available"):
+        _device("cuda")

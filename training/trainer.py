@@ -1,0 +1,210 @@
+"""The one training loop every recipe runs on.
+
+AdamW with linear warmup then cosine decay, gradient clipping, a fixed seed and
+a batch order that is a pure function of ``(seed, step)``, so a run resumed from
+a checkpoint follows the same loss curve as an uninterrupted one. Mixed
+precision (bf16, else fp16) on CUDA, fp32 on the CPU. A stop request (ComfyUI's
+cancel button, Ctrl-C) writes a resumable checkpoint; every file is written to a
+temporary name and renamed, so an interruption never leaves a broken file.
+
+Multi-process data parallel runs go through Hugging Face Accelerate when the
+script is started with ``accelerate launch`` (each process takes its share of
+every batch; gradients are averaged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from ..errors import InvalidDataError
+from ..models.adapters import Adapter
+from .recipes import Batch, Recipe
+
+__all__ = ["TrainConfig", "TrainResult", "train", "lr_at", "atomic_torch_save"]
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one run (stored in the adapter's metadata)."""
+
+    steps: int = field(default=500, metadata={"help": "optimizer steps"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
+    batch_size: int = field(default=32, metadata={"help": "examples per step, all processes together"})
+    warmup: float = field(default=0.05, metadata={"help": "fraction of steps of linear warmup"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation and batch order"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr as a fraction of the peak"})
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between resumable checkpoints"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto"})
+
+    def validate(self, examples: int) -> None:
+        problems = []
+        if not isinstance(self.steps, int) or self.steps < 1:
+            problems.append(f"steps must be at least 1 (got {self.steps})")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 1):
+            problems.append(f"lr must be in (0, 1] (got {self.lr})")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            problems.append(f"batch_size must be at least 1 (got {self.batch_size})")
+        elif self.batch_size > examples:
+            problems.append(f"batch_size {self.batch_size} is larger than the {examples} training examples")
+        if not 0 <= self.warmup < 1:
+            problems.append(f"warmup must be a fraction in [0, 1) (got {self.warmup})")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            problems.append("grad_clip and weight_decay must not be negative")
+        if problems:
+            raise InvalidDataError("Invalid training settings: " + "; ".join(problems) + ".")
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]
+    step: int
+    stopped: bool
+    checkpoint: str | None
+
+
+class Dataset(Protocol):
+    def __len__(self) -> int: ...
+    def batch(self, indices: Sequence[int]) -> Batch: ...
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Multiplier of the peak lr at ``step`` (0-based): linear warmup, then cosine to ``min_lr_ratio``."""
+    warm = max(1, int(config.warmup * config.steps)) if config.warmup > 0 else 0
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, config.steps - warm)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """The examples of ``step``: epochs of seeded permutations, a pure function of its arguments."""
+    per_epoch = max(1, n // batch_size)
+    epoch, pos = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[pos * batch_size: (pos + 1) * batch_size].tolist()
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="tmp-", suffix=".part", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidDataError(f"Training device {name!r} was asked for but CUDA is not available; "
+                               f"use device 'cpu' (BabelCLIP never falls back silently).")
+    return device
+
+
+def _accelerator():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, *, checkpoint: str | None = None,
+          resume: bool = True, unet=None, progress: Callable[[int, int, float], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Train ``adapter`` in place with ``recipe`` on ``data``.
+
+    Args:
+        checkpoint: path of the resumable checkpoint; resumed from when it exists and ``resume`` is set.
+        unet: the frozen UNet wrapper for UNet recipes.
+        progress: called after every step with ``(step, steps, loss)``.
+        should_stop: polled every step; True stops the run after writing the checkpoint.
+    """
+    config.validate(len(data))
+    if recipe.needs_unet and unet is None:
+        raise InvalidDataError(f"Recipe {recipe.name!r} trains through the frozen UNet: connect a MODEL "
+                               f"(node) or pass --teacher with a checkpoint that has a UNet (CLI).")
+    accelerator = _accelerator()
+    device = accelerator.device if accelerator else _device(config.device)
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
+    if config.batch_size % world:
+        raise InvalidDataError(f"batch_size {config.batch_size} must be divisible by the {world} processes.")
+    adapter.to(device).train()
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
+    start, losses = 0, []
+    if checkpoint and resume and os.path.exists(checkpoint):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state.get("config") != dataclasses.asdict(config) or state.get("arch") != adapter.arch:
+            raise InvalidDataError(f"Checkpoint {checkpoint!r} belongs to another run (other settings or architecture); "
+                                   f"delete it or choose another output name.")
+        adapter.load_state_dict(state["adapter"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, losses = int(state["step"]), list(state["losses"])
+    model = adapter
+    if accelerator:
+        model, optimizer = accelerator.prepare(adapter, optimizer)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+                if device.type == "cuda" else torch.autocast("cpu", enabled=False))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+
+    def save(step: int) -> None:
+        if checkpoint and rank == 0:
+            atomic_torch_save({"adapter": adapter.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "step": step, "losses": losses,
+                               "config": dataclasses.asdict(config), "arch": adapter.arch}, checkpoint)
+
+    stopped = False
+    for step in range(start, config.steps):
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        indices = batch_indices(step, len(data), config.batch_size, config.seed)
+        batch = data.batch(indices[rank::world]).to(device)
+        with autocast:
+            loss, _ = recipe.loss(model, batch, unet)
+        if not torch.isfinite(loss):
+            raise InvalidDataError(f"The loss became {float(loss)} at step {step + 1}: lower the learning rate.")
+        optimizer.zero_grad(set_to_none=True)
+        if accelerator:
+            accelerator.backward(loss)
+            if config.grad_clip:
+                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            if config.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(adapter.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        scheduler.step()
+        value = float(loss.detach())
+        if accelerator:
+            value = float(accelerator.reduce(loss.detach(), reduction="mean"))
+        losses.append(value)
+        if progress is not None and rank == 0:
+            progress(step + 1, config.steps, value)
+        if checkpoint and (step + 1) % config.checkpoint_every == 0:
+            save(step + 1)
+    if checkpoint:
+        save(len(losses))
+    adapter.eval()
+    return TrainResult(losses, len(losses), stopped, checkpoint)
