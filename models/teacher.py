@@ -98,7 +98,7 @@ def _openclip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _hf_config(sd: dict[str, torch.Tensor], act: str):
+def _hf_config(sd: dict[str, torch.Tensor], act: str, bos: int, eos: int):
     from transformers import CLIPTextConfig
 
     vocab, hidden = sd["text_model.embeddings.token_embedding.weight"].shape
@@ -109,13 +109,13 @@ def _hf_config(sd: dict[str, torch.Tensor], act: str):
         intermediate_size=sd["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
         max_position_embeddings=sd["text_model.embeddings.position_embedding.weight"].shape[0],
         hidden_act=act, projection_dim=proj.shape[0] if proj is not None else hidden,
-        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=1)
+        bos_token_id=bos, eos_token_id=eos, pad_token_id=1)
 
 
-def _build_tower(sd: dict[str, torch.Tensor], act: str) -> nn.Module:
+def _build_tower(sd: dict[str, torch.Tensor], act: str, bos: int = BOS, eos: int = EOS) -> nn.Module:
     from transformers import CLIPTextModelWithProjection
 
-    config = _hf_config(sd, act)
+    config = _hf_config(sd, act, bos, eos)
     sd = dict(sd)
     if "text_projection.weight" not in sd:  # SD1's CLIP-L ships no projection; ComfyUI uses identity
         sd["text_projection.weight"] = torch.eye(config.hidden_size, dtype=sd["text_model.final_layer_norm.weight"].dtype)
@@ -136,6 +136,7 @@ class CheckpointTeacher(nn.Module):
         super().__init__()
         self.family, self.tokenizer, self.fingerprint, self.source = family, tokenizer, fingerprint, source
         self.towers = nn.ModuleDict(towers)
+        self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
         self.clip_skip: int | None = None  # like CLIPSetLastLayer: -1 last, -2 penultimate, ...
 
     def tokens(self, text: str, pad: int) -> list[int]:
@@ -144,7 +145,7 @@ class CheckpointTeacher(nn.Module):
         ids: list[int] = []
         for word in (w for w in clean.split(" ") if w):
             ids += self.tokenizer(word)["input_ids"][1:-1]
-        ids = [BOS, *ids[: CONTEXT - 2], EOS]
+        ids = [self.bos, *ids[: CONTEXT - 2], self.eos]
         return ids + [pad] * (CONTEXT - len(ids))
 
     @torch.no_grad()
@@ -153,7 +154,8 @@ class CheckpointTeacher(nn.Module):
         device = next(self.parameters()).device
         for spec in TOWERS[self.family.name]:
             model = self.towers[spec.name]
-            ids = torch.tensor([self.tokens(t, spec.pad) for t in texts], device=device)
+            pad = self.eos if spec.pad == EOS else spec.pad
+            ids = torch.tensor([self.tokens(t, pad) for t in texts], device=device)
             out = model(input_ids=ids, output_hidden_states=True)
             layer = spec.layer if self.clip_skip is None else self.clip_skip
             if layer is None:
@@ -175,7 +177,7 @@ def _read_keys(path: str, prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
 
 
-def _single_file(path: str) -> tuple[str, dict[str, nn.Module], dict]:
+def _single_file(path: str, ids: tuple[int, int]) -> tuple[str, dict[str, nn.Module], dict]:
     from safetensors import safe_open
 
     try:
@@ -190,14 +192,14 @@ def _single_file(path: str) -> tuple[str, dict[str, nn.Module], dict]:
                 sd = _read_keys(path, prefix)
                 sd = _openclip_to_hf(sd) if openclip else sd
                 tensors.update({f"{name}.{k}": v for k, v in sd.items()})
-                built[name] = _build_tower(sd, "gelu" if openclip else "quick_gelu")
+                built[name] = _build_tower(sd, "gelu" if openclip else "quick_gelu", *ids)
             return family, built, tensors
     raise UnsupportedModelError(
         f"Checkpoint {path!r} has no SD1.x, SD2.x or SDXL text encoder in a known key layout "
         f"(cond_stage_model.transformer.*, cond_stage_model.model.*, conditioner.embedders.0/1.*).")
 
 
-def _diffusers_folder(path: str) -> tuple[str, dict[str, nn.Module], dict]:
+def _diffusers_folder(path: str, ids: tuple[int, int]) -> tuple[str, dict[str, nn.Module], dict]:
     from safetensors.torch import load_file
 
     def tower(sub: str) -> tuple[dict, str] | None:
@@ -222,7 +224,7 @@ def _diffusers_folder(path: str) -> tuple[str, dict[str, nn.Module], dict]:
         hidden = first[0]["text_model.embeddings.token_embedding.weight"].shape[1]
         family, parts = ("sd2", {"clip_h": first}) if hidden == 1024 else ("sd1", {"clip_l": first})
     tensors = {f"{n}.{k}": v for n, (sd, _) in parts.items() for k, v in sd.items()}
-    return family, {n: _build_tower(sd, act) for n, (sd, act) in parts.items()}, tensors
+    return family, {n: _build_tower(sd, act, *ids) for n, (sd, act) in parts.items()}, tensors
 
 
 def load_teacher(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> CheckpointTeacher:
@@ -237,11 +239,8 @@ def load_teacher(path: str | os.PathLike, tokenizer: str | os.PathLike | None = 
     if not os.path.exists(path):
         raise InvalidModelFileError(f"Checkpoint {path!r} does not exist.")
     if os.path.isdir(path):
-        family, towers, tensors = _diffusers_folder(path)
         tokenizer = tokenizer or os.path.join(path, "tokenizer")
-    elif path.lower().endswith(".safetensors"):
-        family, towers, tensors = _single_file(path)
-    else:
+    elif not path.lower().endswith(".safetensors"):
         raise InvalidModelFileError(
             f"{path!r} is not a .safetensors checkpoint or a diffusers folder; BabelCLIP never unpickles .ckpt files.")
     if tokenizer is None or not os.path.isfile(os.path.join(os.fspath(tokenizer), "vocab.json")):
@@ -249,4 +248,6 @@ def load_teacher(path: str | os.PathLike, tokenizer: str | os.PathLike | None = 
             f"No CLIP tokenizer for {path!r}: pass a folder with vocab.json and merges.txt (a diffusers model's "
             f"tokenizer/ folder, or ComfyUI's comfy/sd1_tokenizer).")
     tok = CLIPTokenizer.from_pretrained(os.fspath(tokenizer), local_files_only=True)
+    ids = (tok.bos_token_id, tok.eos_token_id)
+    family, towers, tensors = _diffusers_folder(path, ids) if os.path.isdir(path) else _single_file(path, ids)
     return CheckpointTeacher(FAMILIES[family], towers, tok, tensor_hash(tensors)[:16], path)

@@ -124,3 +124,48 @@ def build_tiny_encoder(folder: str | os.PathLike, model_type: str = "xlm-roberta
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_tiny_clip_checkpoint(folder: str | os.PathLike, *, num_layers: int = 2, seed: int = 0,
+                               extra_text: Iterable[str] = ()) -> tuple[str, str]:
+    """Write a small random SD1.x-layout checkpoint (text encoder only) and a CLIP BPE tokenizer for it.
+
+    The text encoder has CLIP-L's width (768, so its output is real SD1.x conditioning) but few layers, a
+    small MLP and a vocabulary of a few hundred BPE tokens trained on the sample text. Returns
+    ``(checkpoint_path, tokenizer_folder)``.
+    """
+    import json
+
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    folder = os.fspath(folder)
+    tok_dir = os.path.join(folder, "clip_tokenizer")
+    os.makedirs(tok_dir, exist_ok=True)
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=600, end_of_word_suffix="</w>", special_tokens=["<|unk|>"],
+                                  show_progress=False)
+    bpe.train_from_iterator([t.lower() for t in _corpus(extra_text)], trainer)
+    model = json.loads(bpe.to_str())["model"]
+    vocab = dict(model["vocab"])
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    with open(os.path.join(tok_dir, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(tok_dir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=768, num_hidden_layers=num_layers,
+                            num_attention_heads=12, intermediate_size=768, max_position_embeddings=77,
+                            hidden_act="quick_gelu", bos_token_id=vocab["<|startoftext|>"],
+                            eos_token_id=vocab["<|endoftext|>"])
+    clip = CLIPTextModelWithProjection(config).eval()
+    state = {k: v.contiguous() for k, v in clip.state_dict().items() if not k.startswith("text_projection")}
+    state = {"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
+             for k, v in state.items()}
+    path = os.path.join(folder, "tiny-sd15-text-encoder.safetensors")
+    save_file(state, path)
+    return path, tok_dir

@@ -84,10 +84,17 @@ def _mean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def _finite(value):
+    """NaN (e.g. token MSE where no lengths align) becomes null, so the JSON is strict."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def report_markdown(report: dict) -> str:
     """A Markdown table: one row per language plus the average."""
     cols = ["r@1", "r@5", "r@10", "mean_recall", "cosine"]
-    if "token_mse" in report["average"]:
+    if not math.isnan(report["average"].get("token_mse", float("nan"))):
         cols.append("token_mse")
     lines = ["| language | pairs | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for lang, m in report["languages"].items():
@@ -128,7 +135,7 @@ def write_report(report: dict, prefix: str | os.PathLike) -> dict[str, str]:
         tmp = path + ".tmp"
         if kind == "json":
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(report, f, indent=2, ensure_ascii=False, allow_nan=True)
+                json.dump(_finite(report), f, indent=2, ensure_ascii=False)
         elif kind == "markdown":
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(report_markdown(report))
