@@ -178,6 +178,7 @@ def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, 
             break
         indices = batch_indices(step, len(data), config.batch_size, config.seed)
         batch = data.batch(indices[rank::world]).to(device)
+        torch.manual_seed(config.seed * 1_000_003 + step * 7919 + rank)  # noise of UNet recipes: resumable too
         with autocast:
             loss, _ = recipe.loss(model, batch, unet)
         if not torch.isfinite(loss):

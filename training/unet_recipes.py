@@ -1,0 +1,100 @@
+"""UNet recipes: the adapter is trained through the frozen UNet of the checkpoint.
+
+* ``pea`` — PEA-Diffusion: the same UNet fed the teacher's conditioning of the
+  English caption and the adapter's conditioning of the target text, on the same
+  noised latents: ``MSE(eps_s, eps_t) + 0.1 * sum MSE(f_s, f_t)`` over the
+  down/mid/up block outputs, plus ``noise_weight * MSE(eps_s, eps)``.
+* ``mulan`` — MuLan: plain denoising loss ``MSE(eps_s, eps)`` through the frozen
+  UNet, trained on English captions and their images only (zero-shot to other
+  languages through the multilingual encoder).
+* ``iap`` — image as pivot: the image latents are the pivot; the cross-attention
+  outputs of the UNet attending to the adapter's conditioning of the target text
+  are pulled to those attending to the teacher's conditioning of the English text.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InvalidDataError
+from .recipes import Batch, Recipe, register_recipe
+from .unet import add_noise
+
+__all__ = ["Pea", "MuLan", "ImageAsPivot"]
+
+
+class _UNetRecipe(Recipe):
+    needs_images = True
+    needs_unet = True
+
+    def _noised(self, batch: Batch, unet):
+        if batch.latents is None:
+            raise InvalidDataError(f"Recipe {self.name!r} needs images: give the data file an 'image' column "
+                                   f"(the images are encoded once with the VAE).")
+        latents = batch.latents
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, len(unet.alphas_cumprod), (latents.shape[0],), device=latents.device)
+        return add_noise(latents, noise, t, unet.alphas_cumprod), noise, t
+
+    def _teacher(self, batch: Batch):
+        if batch.teacher_cond is None:
+            raise InvalidDataError(f"Recipe {self.name!r} needs the teacher's conditioning of the English text.")
+        return batch.teacher_cond, batch.teacher_pooled
+
+
+@register_recipe
+class Pea(_UNetRecipe):
+    name = "pea"
+    approach = "PEA-Diffusion (plug-and-play language adapter, KD through the frozen UNet)"
+    loss_formula = "MSE(eps_s, eps_t) + 0.1 * sum block-feature MSE + noise_weight * MSE(eps_s, eps)"
+
+    def __init__(self, feature_weight: float = 0.1, noise_weight: float = 1.0):
+        self.feature_weight, self.noise_weight = feature_weight, noise_weight
+
+    def loss(self, adapter, batch, unet=None):
+        x, noise, t = self._noised(batch, unet)
+        t_cond, t_pooled = self._teacher(batch)
+        with torch.no_grad(), unet.capture("blocks") as teacher_feats:
+            eps_t = unet.predict_noise(x, t, t_cond.to(x.dtype), t_pooled)
+        out = adapter(batch.hidden, batch.mask)
+        with unet.capture("blocks") as student_feats:
+            eps_s = unet.predict_noise(x, t, out.cond.to(x.dtype), out.pooled)
+        kd = F.mse_loss(eps_s.float(), eps_t.float())
+        feats = sum(F.mse_loss(s.float(), t_.float()) for s, t_ in zip(student_feats, teacher_feats))
+        denoise = F.mse_loss(eps_s.float(), noise.float())
+        loss = kd + self.feature_weight * feats + self.noise_weight * denoise
+        return loss, {"eps_kd": kd.item(), "features": float(feats.detach()), "noise": denoise.item()}
+
+
+@register_recipe
+class MuLan(_UNetRecipe):
+    name = "mulan"
+    approach = "MuLan language adapter (denoising loss, English image-text only)"
+    loss_formula = "MSE(eps_s, eps)"
+
+    def loss(self, adapter, batch, unet=None):
+        x, noise, t = self._noised(batch, unet)
+        out = adapter(batch.hidden, batch.mask)
+        loss = F.mse_loss(unet.predict_noise(x, t, out.cond.to(x.dtype), out.pooled).float(), noise.float())
+        return loss, {"noise": loss.item()}
+
+
+@register_recipe
+class ImageAsPivot(_UNetRecipe):
+    name = "iap"
+    approach = "Image-as-Pivot: align cross-attention outputs, image latents as pivots"
+    loss_formula = "sum over cross-attention layers MSE(attn(x_t, adapter(target)), attn(x_t, CLIP(English)))"
+
+    def loss(self, adapter, batch, unet=None):
+        x, _, t = self._noised(batch, unet)
+        t_cond, t_pooled = self._teacher(batch)
+        with torch.no_grad(), unet.capture("cross_attention") as teacher_attn:
+            unet.predict_noise(x, t, t_cond.to(x.dtype), t_pooled)
+        out = adapter(batch.hidden, batch.mask)
+        with unet.capture("cross_attention") as student_attn:
+            unet.predict_noise(x, t, out.cond.to(x.dtype), out.pooled)
+        if not teacher_attn:
+            raise InvalidDataError("The UNet has no cross-attention layers to align.")
+        loss = sum(F.mse_loss(s.float(), t_.float()) for s, t_ in zip(student_attn, teacher_attn)) / len(teacher_attn)
+        return loss, {"cross_attention": loss.item()}
