@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from babelclip.models import read_adapter_spec
 from babelclip.models.tiny import build_tiny_clip_checkpoint
@@ -65,3 +66,49 @@ def test_errors_are_one_line_and_exit_2(setup, capsys):
     assert code == 2 and "missing.tsv" in capsys.readouterr().err
     code = main(["train", *common, "--data", str(d / "pairs.tsv"), "--steps", "0", "--out", str(d / "y.safetensors")])
     assert code == 2 and "steps must be at least 1" in capsys.readouterr().err
+
+
+def _tiny_diffusers(folder, ckpt, tok):
+    """A diffusers folder: the tiny CLIP as text_encoder, a tiny UNet (768-wide cross-attention) and VAE."""
+    import shutil
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPTextConfig
+
+    from babelclip.models.teacher import _hf_config
+
+    sd = {k[len("cond_stage_model.transformer."):]: v for k, v in load_file(ckpt).items()}
+    (folder / "text_encoder").mkdir(parents=True)
+    save_file(sd, str(folder / "text_encoder" / "model.safetensors"))
+    cfg: CLIPTextConfig = _hf_config(sd, "quick_gelu", 0, 0)
+    cfg.save_pretrained(folder / "text_encoder")
+    shutil.copytree(tok, folder / "tokenizer")
+    torch.manual_seed(0)
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
+                         attention_head_dim=8, norm_num_groups=8).save_pretrained(folder / "unet")
+    AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                  layers_per_block=1).save_pretrained(folder / "vae")
+    (folder / "model_index.json").write_text("{}")
+    return folder
+
+
+def test_unet_recipe_from_the_cli_with_images(setup, encoder_dirs):
+    from PIL import Image
+
+    d, common = setup
+    teacher = _tiny_diffusers(d / "sd-tiny", common[1], common[3])
+    rows = ["en\ttext\tlang\timage"]
+    for i, (en, zh) in enumerate(zip(synthetic.corpus("en")[:24], synthetic.corpus("zh")[:24])):
+        Image.new("RGB", (20, 24), (i * 10 % 255, 80, 160)).save(d / f"img{i}.png")
+        rows.append(f"{en}\t{zh}\tzh\timg{i}.png")
+    (d / "images.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = d / "pea.safetensors"
+    assert main(["train", "--teacher", str(teacher), "--encoder", encoder_dirs["xlm-roberta"], "--cache-dir",
+                 str(d / "cache"), "--data", str(d / "images.tsv"), "--recipe", "pea", "--arch", "mlp",
+                 "--steps", "4", "--batch-size", "4", "--resolution", "16", "--out", str(out)]) == 0
+    assert json.loads(read_adapter_spec(out).metadata["babelclip.recipe"])["name"] == "pea"
+    assert any(p.name.startswith("latents-") for p in (d / "cache").iterdir())

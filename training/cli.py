@@ -104,6 +104,30 @@ def _evaluate(adapter, features) -> dict:
     return evaluate_embeddings(torch.cat(teacher), torch.cat(student), langs, teacher_tokens=tt, student_tokens=st)
 
 
+def _unet_and_latents(args, pairs, text_features):
+    """UNet recipes from the CLI: the UNet and VAE of a diffusers folder; images encoded once."""
+    from ..models.adapter_file import tensor_hash
+    from .images import ImageTextFeatures, diffusers_vae_encoder, prepare_latents
+    from .unet import DiffusersUNet
+
+    if not os.path.isdir(os.path.join(args.teacher, "unet")) or not os.path.isdir(os.path.join(args.teacher, "vae")):
+        raise BabelClipError(
+            f"Recipe {args.recipe!r} trains through the UNet: from the command line --teacher must be a diffusers "
+            f"folder with unet/ and vae/ (single-file checkpoints: use the 'BabelCLIP Train Adapter' node in "
+            f"ComfyUI, which takes the loaded MODEL and VAE).")
+    try:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+    except ImportError:
+        raise BabelClipError("UNet recipes from the command line need diffusers: pip install diffusers") from None
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(args.teacher, "unet"), local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(os.path.join(args.teacher, "vae"), local_files_only=True)
+    encode, channels, factor = diffusers_vae_encoder(vae.float())
+    fingerprint = tensor_hash(vae.state_dict())[:16]
+    latents = prepare_latents(pairs, encode, channels, factor, args.cache_dir, fingerprint, args.resolution,
+                              progress=_bar("encoding images"))
+    return DiffusersUNet(unet.float()), ImageTextFeatures(text_features, latents)
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -130,6 +154,9 @@ def cmd_train(args) -> int:
     print(f"{len(train_pairs)} training and {len(val_pairs)} held-out pairs from {args.data}")
     train_feats = _features(args, train_pairs, encoder, teacher, layer)
     val_feats = _features(args, val_pairs, encoder, teacher, layer) if val_pairs else None
+    unet = None
+    if recipe.needs_unet:
+        unet, train_feats = _unet_and_latents(args, train_pairs, train_feats)
 
     stop = {"now": False}
 
@@ -142,7 +169,7 @@ def cmd_train(args) -> int:
     started = time.perf_counter()
     try:
         result = train(adapter, recipe, train_feats, config, checkpoint=checkpoint, resume=not args.restart,
-                       progress=_bar("training"), should_stop=lambda: stop["now"])
+                       unet=unet, progress=_bar("training"), should_stop=lambda: stop["now"])
     finally:
         signal.signal(signal.SIGINT, previous)
     if result.stopped:
@@ -243,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="held out for the evaluation (by English text)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--resolution", type=int, default=512, help="image size for UNet recipes")
     p.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint left by an interrupted run")
