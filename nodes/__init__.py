@@ -3,6 +3,7 @@
 from .encode import TextEncode, TextEncodeSDXL
 from .glue import register_folders
 from .loaders import LoadAdapter, LoadEncoder
+from .training import EvaluateAdapter, SaveAdapter, TrainAdapter
 
 register_folders()
 
@@ -11,6 +12,9 @@ NODE_CLASS_MAPPINGS = {
     "BabelCLIPLoadAdapter": LoadAdapter,
     "BabelCLIPTextEncode": TextEncode,
     "BabelCLIPTextEncodeSDXL": TextEncodeSDXL,
+    "BabelCLIPTrainAdapter": TrainAdapter,
+    "BabelCLIPEvaluateAdapter": EvaluateAdapter,
+    "BabelCLIPSaveAdapter": SaveAdapter,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -18,4 +22,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "BabelCLIPLoadAdapter": "BabelCLIP Load Adapter",
     "BabelCLIPTextEncode": "BabelCLIP Text Encode",
     "BabelCLIPTextEncodeSDXL": "BabelCLIP Text Encode SDXL",
+    "BabelCLIPTrainAdapter": "BabelCLIP Train Adapter",
+    "BabelCLIPEvaluateAdapter": "BabelCLIP Evaluate Adapter",
+    "BabelCLIPSaveAdapter": "BabelCLIP Save Adapter",
 }

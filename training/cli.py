@@ -85,25 +85,6 @@ def cmd_cache(args) -> int:
     return 0
 
 
-def _evaluate(adapter, features) -> dict:
-    import torch
-
-    from .evaluation import evaluate_embeddings
-
-    teacher, student, tt, st = [], [], [], []
-    for start in range(0, len(features), 64):
-        batch = features.batch(range(start, min(start + 64, len(features))))
-        with torch.no_grad():
-            out = adapter(batch.hidden.to(next(adapter.parameters()).device), batch.mask.to(batch.hidden.device))
-        teacher.append(batch.teacher_pooled)
-        student.append(out.pooled.float().cpu())
-        for i in range(out.cond.shape[0]):
-            st.append(out.cond[i][out.mask[i].bool()].float().cpu())
-            tt.append(batch.teacher_cond[i])
-    langs = [p.lang for p in features.pairs]
-    return evaluate_embeddings(torch.cat(teacher), torch.cat(student), langs, teacher_tokens=tt, student_tokens=st)
-
-
 def _unet_and_latents(args, pairs, text_features):
     """UNet recipes from the CLI: the UNet and VAE of a diffusers folder; images encoded once."""
     from ..models.adapter_file import tensor_hash
@@ -133,7 +114,7 @@ def cmd_train(args) -> int:
 
     from ..models import build_adapter, save_adapter
     from .data import split_pairs
-    from .evaluation import report_markdown, write_report
+    from .evaluation import evaluate_adapter, report_markdown, write_report
     from .recipes import get_recipe
     from .trainer import TrainConfig, train
 
@@ -175,7 +156,7 @@ def cmd_train(args) -> int:
     if result.stopped:
         print(f"stopped at step {result.step}/{config.steps}; checkpoint {checkpoint}")
         return 130
-    report = _evaluate(adapter, val_feats) if val_feats else None
+    report = evaluate_adapter(adapter, val_feats) if val_feats else None
     metrics = report["average"] if report else {}
     save_adapter(adapter.cpu(), out, {
         "encoder": encoder.info, "family": teacher.family.name, "layer": layer,
@@ -197,12 +178,12 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from ..models import load_adapter
-    from .evaluation import report_markdown, write_report
+    from .evaluation import evaluate_adapter, report_markdown, write_report
 
     encoder, teacher, pairs, layer = _load(args)
     adapter = load_adapter(args.adapter, encoder=encoder.info, family=teacher.family)
     feats = _features(args, pairs, encoder, teacher, adapter.spec.layer if args.layer == "last" else layer)
-    report = _evaluate(adapter, feats)
+    report = evaluate_adapter(adapter, feats)
     flat = {lang: {k: m[k] for k in ("r@1", "r@5", "r@10", "mean_recall", "cosine")}
             for lang, m in report["languages"].items()}
     flat["average"] = {k: report["average"][k] for k in ("r@1", "r@5", "r@10", "mean_recall", "cosine")}

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 from ..errors import InvalidDataError
 
-__all__ = ["Pair", "read_pairs", "read_prompts", "dedup", "split_pairs", "MAX_TEXT_CHARS"]
+__all__ = ["Pair", "read_pairs", "read_prompts", "pairs_from_text", "dedup", "split_pairs", "MAX_TEXT_CHARS"]
 
 MAX_TEXT_CHARS = 4000
 _FORMATS = (".txt", ".tsv", ".csv", ".jsonl")
@@ -131,6 +131,27 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
     if not pairs:
         raise InvalidDataError(f"Data file {path!r} has no rows.")
     return pairs
+
+
+def pairs_from_text(text: str, source: str = "text") -> list[Pair]:
+    """Rows typed into a text box: ``en<TAB>translation[<TAB>lang]`` per line, or one English prompt per line."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{n}"
+        cells = line.split("\t")
+        if len(cells) == 1:
+            p = _clean(cells[0], where, "prompt", True)
+            rows.append(Pair(p, p, "en", None, where))
+        elif len(cells) in (2, 3):
+            rows.append(_pair(dict(zip(("en", "text", "lang"), cells)), where, "."))
+        else:
+            raise InvalidDataError(f"{where}: {len(cells)} tab-separated cells; use 'english<TAB>translation"
+                                   f"[<TAB>lang]' or one English prompt per line.")
+    if not rows:
+        raise InvalidDataError(f"{source}: no prompts given.")
+    return rows
 
 
 def _prompt_lines(path: str, content: str) -> list[tuple[int, str]]:

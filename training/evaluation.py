@@ -18,7 +18,8 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["recall_at_k", "evaluate_embeddings", "report_markdown", "write_report", "KS"]
+__all__ = ["recall_at_k", "evaluate_embeddings", "evaluate_adapter", "report_markdown", "plot_recall",
+           "write_report", "KS"]
 
 KS = (1, 5, 10)
 
@@ -104,7 +105,25 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _chart(report: dict, path: str) -> None:
+def evaluate_adapter(adapter, features) -> dict:
+    """Run ``adapter`` on cached held-out features and evaluate it against the teacher (see module doc)."""
+    teacher, student, tt, st = [], [], [], []
+    param = next(adapter.parameters())
+    for start in range(0, len(features), 64):
+        batch = features.batch(range(start, min(start + 64, len(features))))
+        with torch.no_grad():
+            out = adapter(batch.hidden.to(param.device, param.dtype), batch.mask.to(param.device))
+        teacher.append(batch.teacher_pooled)
+        student.append(out.pooled.float().cpu())
+        for i in range(out.cond.shape[0]):
+            st.append(out.cond[i][out.mask[i].bool()].float().cpu())
+            tt.append(batch.teacher_cond[i])
+    langs = [p.lang for p in features.pairs]
+    return evaluate_embeddings(torch.cat(teacher), torch.cat(student), langs, teacher_tokens=tt, student_tokens=st)
+
+
+def plot_recall(report: dict, path: str) -> None:
+    """Bar chart of R@1/5/10 per language, written to ``path`` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,7 +159,7 @@ def write_report(report: dict, prefix: str | os.PathLike) -> dict[str, str]:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(report_markdown(report))
         else:
-            _chart(report, tmp + ".png")
+            plot_recall(report, tmp + ".png")
             os.replace(tmp + ".png", tmp)
         os.replace(tmp, path)
     return paths

@@ -60,6 +60,8 @@ class Pea(_UNetRecipe):
         out = adapter(batch.hidden, batch.mask)
         with unet.capture("blocks") as student_feats:
             eps_s = unet.predict_noise(x, t, out.cond.to(x.dtype), out.pooled)
+        if not teacher_feats or len(teacher_feats) != len(student_feats):
+            raise InvalidDataError("The UNet's down/mid/up block features could not be captured.")
         kd = F.mse_loss(eps_s.float(), eps_t.float())
         feats = sum(F.mse_loss(s.float(), t_.float()) for s, t_ in zip(student_feats, teacher_feats))
         denoise = F.mse_loss(eps_s.float(), noise.float())

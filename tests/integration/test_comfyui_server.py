@@ -104,3 +104,22 @@ def test_example_workflows_match_the_servers_nodes(comfy):
                 inputs = [*spec["required"].values(), *spec.get("optional", {}).values()]
                 widgets = [s for s in inputs if isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")]
                 assert len(node["widgets_values"]) == len(widgets), (f.name, node["type"])
+
+
+def test_train_node_writes_an_adapter_that_text_encode_uses(comfy):
+    """Train a few steps in the server, then encode and sample with the new adapter in the same graph."""
+    rows = "\n".join(f"a {c} cat on a roof\tune chatte {f} sur un toit\tfr" for c, f in
+                     [("red", "rouge"), ("blue", "bleue"), ("green", "verte"), ("white", "blanche"),
+                      ("black", "noire"), ("grey", "grise"), ("small", "petite"), ("big", "grande")])
+    g = graph("tiny-sd1.safetensors", "une chatte rouge sur un toit", seed=5, prefix="babel_trained")
+    g["10"] = {"class_type": "BabelCLIPTrainAdapter", "inputs": {
+        "clip": ["1", 1], "encoder": ["2", 0], "recipe": "altclip-kd", "arch": "mlp",
+        "data_file": "(use the text box)", "prompts": rows, "steps": 6, "learning_rate": 1e-3,
+        "batch_size": 4, "seed": 0, "adapter_name": "trained-in-server"}}
+    g["4"]["inputs"]["adapter"] = ["10", 0]
+    g["11"] = {"class_type": "SaveImage", "inputs": {"images": ["10", 1], "filename_prefix": "babel_loss"}}
+    entry = comfy.run(g)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert (comfy.root / "models" / "babelclip" / "trained-in-server.safetensors").is_file()
+    saved = _saved_images(comfy, entry)
+    assert len(saved) == 2 and all(f.is_file() for f in saved)  # the sample and the loss curve

@@ -136,3 +136,36 @@ def test_checkpoint_teacher_matches_comfyui_clip_text_encode(comfy_nodes, sd1_cl
         assert torch.isfinite(cond).all()
         assert (ours.cond[i: i + 1] - cond.float()).abs().max() <= 1e-4
         assert (ours.pooled[i: i + 1] - pooled.float()).abs().max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def sd15_model(comfy_nodes, sd15_folder):
+    import comfy.diffusers_load
+
+    with torch.inference_mode():
+        model, _, vae = comfy.diffusers_load.load_diffusers(sd15_folder, output_vae=True, output_clip=False)
+    return model, vae
+
+
+def test_unet_recipe_trains_through_a_comfyui_model(comfy_nodes, sd1_clip, sd15_model, tmp_path):
+    import folder_paths
+
+    folder_paths.set_input_directory(str(tmp_path))
+    model, vae = sd15_model
+    encoder, _ = _load(comfy_nodes, "sd1.safetensors")
+    rows = "a red cat\tun chat rouge\tfr\na blue house\tune maison bleue\tfr\na green tree\tun arbre vert\tfr"
+    images = torch.rand(3, 64, 64, 3)
+    node = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPTrainAdapter"]()
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        out = node.train(sd1_clip, encoder, "pea", "linear", "(use the text box)", rows, 2, 1e-3, 2, 0,
+                         "pea-inprocess", model=model, vae=vae, images=images)
+    handle, curve = out["result"]
+    assert handle.spec.arch == "linear" and handle.spec.family.name == "sd1"
+    assert curve.shape[0] == 1 and curve.shape[-1] == 3 and torch.isfinite(curve).all()
+    recipe = handle.spec.metadata["babelclip.recipe"]
+    assert '"name": "pea"' in recipe and '"steps": 2' in recipe
+
+    evaluate = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPEvaluateAdapter"]()
+    with torch.inference_mode():
+        report, chart = evaluate.evaluate(sd1_clip, encoder, handle, "(use the text box)", rows)
+    assert "| fr | 3 |" in report and chart.shape[-1] == 3

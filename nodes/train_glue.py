@@ -1,0 +1,98 @@
+"""ComfyUI sources for training: the loaded CLIP as teacher, the loaded MODEL as frozen UNet, VAE latents."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from typing import Iterator
+
+import torch
+
+import comfy.model_management as mm
+
+from ..models.adapter_file import tensor_hash
+from ..models.teacher import TeacherOutput
+from . import glue
+
+CLIP_TOKENS = 77
+
+
+class ComfyClipTeacher:
+    """The CLIP object of a graph as teacher: whatever CLIPSetLastLayer and LoRA did to it is honoured."""
+
+    def __init__(self, clip):
+        self.clip = clip
+        self.family = glue.clip_family(clip)
+        patches = getattr(clip.patcher, "patches", {}) or {}
+        described = sorted((k, len(v), str([p[0] for p in v])) for k, v in patches.items())
+        h = hashlib.sha256(tensor_hash(clip.cond_stage_model.state_dict()).encode())
+        h.update(json.dumps([described, getattr(clip, "layer_idx", None)], default=str).encode())
+        self.fingerprint = h.hexdigest()[:16]
+        self.clip_skip = getattr(clip, "layer_idx", None)
+
+    def encode(self, texts) -> TeacherOutput:
+        conds, pooleds = [], []
+        for text in texts:
+            cond, pooled = glue.clip_encode(self.clip, text)
+            conds.append(cond[:, :CLIP_TOKENS].float().cpu().clone())  # clone: out of inference mode
+            pooleds.append(pooled.float().cpu().clone())
+        return TeacherOutput(torch.cat(conds), torch.cat(pooleds))
+
+
+class ComfyUNet:
+    """A ComfyUI MODEL as frozen epsilon-predicting UNet for the UNet recipes."""
+
+    def __init__(self, model):
+        self.patcher = model
+        mm.load_models_gpu([model])
+        self.base = model.model
+        self.net = model.model.diffusion_model
+        sampling = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") \
+            else model.model.model_sampling
+        self.alphas_cumprod = (1 / (1 + sampling.sigmas.float() ** 2)).cpu()
+        self.device = self.patcher.load_device
+        self.dtype = model.model.get_dtype()
+        # ComfyUI loads weights inside inference mode; autograd cannot save such tensors for the backward
+        # pass that reaches the adapter, so the UNet runs on normal copies (made once per training run).
+        with torch.inference_mode(False):
+            self.state = {k: (v.clone() if v.is_inference() else v)
+                          for k, v in [*self.net.named_parameters(), *self.net.named_buffers()]}
+
+    def predict_noise(self, latents, timesteps, cond, pooled=None):
+        kwargs = {}
+        if getattr(self.net, "num_classes", None) is not None and pooled is not None:  # SDXL: adm from pooled
+            h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
+            kwargs["y"] = self.base.encode_adm(pooled_output=pooled, width=w, height=h, crop_w=0, crop_h=0,
+                                               target_width=w, target_height=h).to(latents.device, self.dtype)
+        args = (latents.to(self.dtype),)
+        kwargs.update(timesteps=timesteps, context=cond.to(self.dtype))
+        if not torch.is_grad_enabled():
+            return torch.func.functional_call(self.net, self.state, args, kwargs).float()
+        # ComfyUI's UNet adds residuals in place (x += ...) after the tensors were saved for the backward pass;
+        # saving copies keeps the gradient to the adapter correct.
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+            return torch.func.functional_call(self.net, self.state, args, kwargs).float()
+
+    def _modules(self, kind):
+        if kind == "blocks":
+            # ComfyUI runs the layers of each TimestepEmbedSequential one by one, so hook each block's last layer
+            return [block[-1] for block in (*self.net.input_blocks, self.net.middle_block, *self.net.output_blocks)]
+        return [m for name, m in self.net.named_modules() if name.endswith("attn2")]
+
+    @contextlib.contextmanager
+    def capture(self, kind: str) -> Iterator[list]:
+        found: list = []
+        handles = [m.register_forward_hook(lambda m, a, o: found.append(o[0] if isinstance(o, tuple) else o))
+                   for m in self._modules(kind)]
+        try:
+            yield found
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def encode_images(vae, model, images: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B, H, W, 3] -> model-space latents (VAE encode, then the model's latent scaling)."""
+    latents = vae.encode(images[:, :, :, :3])
+    return model.model.process_latent_in(latents).float().cpu().clone()

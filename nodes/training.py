@@ -1,0 +1,265 @@
+"""Training nodes: BabelCLIP Train Adapter, BabelCLIP Evaluate Adapter, BabelCLIP Save Adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+
+import numpy as np
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+
+from ..errors import InvalidDataError
+from ..models import build_adapter, save_adapter
+from ..models.adapters import ARCHITECTURES
+from ..training.data import dedup, pairs_from_text, read_pairs, split_pairs
+from ..training.evaluation import evaluate_adapter, report_markdown
+from ..training.features import prepare_text_features
+from ..training.recipes import RECIPES, get_recipe
+from ..training.trainer import TrainConfig, train
+from . import glue, train_glue
+
+DATA_NONE = "(use the text box)"
+
+
+def _recipes() -> list[str]:
+    get_recipe("altclip-kd")  # imports the UNet recipes too
+    return sorted(RECIPES)
+
+
+def _data_files() -> list[str]:
+    base = folder_paths.get_input_directory()
+    from ..models.paths import list_files
+
+    return [DATA_NONE, *list_files([base], (".tsv", ".csv", ".jsonl", ".txt"))]
+
+
+def _pairs(data_file: str, text: str):
+    if data_file and data_file != DATA_NONE:
+        from ..models.paths import resolve_inside
+
+        return dedup(read_pairs(resolve_inside([folder_paths.get_input_directory()], data_file, "data file")))
+    return dedup(pairs_from_text(text, "the prompts box"))
+
+
+def _cache_dir() -> str:
+    return os.path.join(glue.adapter_dirs()[0], ".cache")
+
+
+def _unique_path(name: str) -> str:
+    stem = re.sub(r"[^\w\-. ]", "_", name).strip(" .") or "babelclip-adapter"
+    folder = glue.adapter_dirs()[0]
+    path, n = os.path.join(folder, stem + ".safetensors"), 1
+    while os.path.exists(path):
+        path, n = os.path.join(folder, f"{stem}_{n:05d}.safetensors"), n + 1
+    return path
+
+
+def _plot(values: list[float], title: str) -> torch.Tensor:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.plot(range(1, len(values) + 1), values)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log" if min(values) > 0 else "linear")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).unsqueeze(0)
+
+
+def _chart_image(report: dict) -> torch.Tensor:
+    import tempfile
+
+    from PIL import Image
+
+    from ..training.evaluation import plot_recall
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "chart.png")
+        plot_recall(report, path)
+        img = Image.open(path).convert("RGB")
+        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).unsqueeze(0)
+
+
+class TrainAdapter:
+    DESCRIPTION = ("Distills a language adapter against the CLIP of the loaded checkpoint (text recipes), or "
+                   "through its UNet (pea, mulan, iap: connect MODEL, VAE and images). Cancel keeps a checkpoint; "
+                   "queueing the same settings again resumes it.")
+    CATEGORY = "BabelCLIP/training"
+    FUNCTION = "train"
+    RETURN_TYPES = ("BABELCLIP_ADAPTER", "IMAGE")
+    RETURN_NAMES = ("adapter", "loss_curve")
+    OUTPUT_TOOLTIPS = ("The trained adapter (also saved in models/babelclip).", "The training loss per step.")
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP: the frozen teacher (CLIPSetLastLayer and LoRAs "
+                                             "are honoured)."}),
+                "encoder": ("BABELCLIP_ENCODER", {"tooltip": "The frozen multilingual encoder."}),
+                "recipe": (_recipes(), {"default": "altclip-kd", "tooltip": "altclip-kd / mclip-trikd: text only. "
+                                        "pea, mulan, iap: through the UNet, need model, vae and images."}),
+                "arch": (sorted(ARCHITECTURES), {"default": "mlp", "tooltip": "Adapter architecture."}),
+                "data_file": (_data_files(), {"tooltip": "A TSV/CSV/JSONL (en, text[, lang][, image]) or .txt file in "
+                                                         "ComfyUI's input folder, or use the text box."}),
+                "prompts": ("STRING", {"multiline": True, "default": "", "tooltip":
+                                       "One 'english<TAB>translation[<TAB>lang]' or one English prompt per line "
+                                       "(used when data_file is the text box)."}),
+                "steps": ("INT", {"default": 500, "min": 1, "max": 1_000_000, "tooltip": "Optimizer steps."}),
+                "learning_rate": ("FLOAT", {"default": 1e-3, "min": 1e-7, "max": 1.0, "step": 1e-5,
+                                            "tooltip": "Peak AdamW learning rate (warmup, then cosine)."}),
+                "batch_size": ("INT", {"default": 32, "min": 1, "max": 4096, "tooltip": "Examples per step."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Seed of init and order."}),
+                "adapter_name": ("STRING", {"default": "my-adapter", "tooltip":
+                                            "File name in models/babelclip (a number is added, never overwritten)."}),
+            },
+            "optional": {
+                "model": ("MODEL", {"tooltip": "The frozen UNet, for pea, mulan and iap."}),
+                "vae": ("VAE", {"tooltip": "Encodes the images for pea, mulan and iap."}),
+                "images": ("IMAGE", {"tooltip": "One image per data row (same order), for pea, mulan and iap."}),
+            },
+        }
+
+    def train(self, clip, encoder, recipe, arch, data_file, prompts, steps, learning_rate, batch_size, seed,
+              adapter_name, model=None, vae=None, images=None):
+        pairs = _pairs(data_file, prompts)
+        recipe_obj = get_recipe(recipe)
+        if recipe_obj.needs_unet and (model is None or vae is None or images is None):
+            raise InvalidDataError(f"Recipe {recipe!r} trains through the UNet: connect model, vae and images "
+                                   f"(one image per row), or choose altclip-kd / mclip-trikd.")
+        teacher = train_glue.ComfyClipTeacher(clip)
+        train_pairs, val_pairs = split_pairs(pairs, 0.1 if len(pairs) >= 20 else 0.0, seed=seed)
+        config = TrainConfig(steps=steps, lr=learning_rate, batch_size=batch_size, seed=seed, device="cpu"
+                             if mm.get_torch_device().type == "cpu" else str(mm.get_torch_device()))
+        config.validate(len(train_pairs))
+        mm.load_models_gpu([encoder.patcher])
+        layer = "last"
+        data = prepare_text_features(train_pairs, encoder.encoder, teacher, _cache_dir(), layer=layer,
+                                     should_stop=mm.processing_interrupted)
+        mm.throw_exception_if_processing_interrupted()
+        unet = None
+        if recipe_obj.needs_unet:
+            if images.shape[0] != len(pairs):
+                raise InvalidDataError(f"{images.shape[0]} images for {len(pairs)} data rows: give one per row.")
+            index = {id(p): i for i, p in enumerate(pairs)}
+            latents = train_glue.encode_images(vae, model, images)
+            unet = train_glue.ComfyUNet(model)
+            data = _WithLatents(data, latents[[index[id(p)] for p in train_pairs]])
+        path = _unique_path(adapter_name)
+        checkpoint = os.path.join(_cache_dir(), f"{os.path.basename(path)[:-12]}-{recipe}-{arch}-{seed}.ckpt")
+        bar = comfy.utils.ProgressBar(steps)
+        with torch.inference_mode(False), torch.enable_grad():
+            torch.manual_seed(seed)
+            adapter = build_adapter(arch, encoder.info.hidden_size, teacher.family)
+            result = train(adapter, recipe_obj, data, config, checkpoint=checkpoint, unet=unet,
+                           progress=lambda s, total, loss: bar.update_absolute(s, total),
+                           should_stop=mm.processing_interrupted)
+        mm.throw_exception_if_processing_interrupted()  # cancelled: the checkpoint is kept for a resume
+        metrics = {}
+        if val_pairs:
+            val = prepare_text_features(val_pairs, encoder.encoder, teacher, _cache_dir(), layer=layer)
+            metrics = evaluate_adapter(adapter, val)["average"]
+        save_adapter(adapter.cpu(), path, {
+            "encoder": encoder.info, "family": teacher.family.name, "layer": layer,
+            "teacher": {"family": teacher.family.name, "fingerprint": teacher.fingerprint, "source": "ComfyUI CLIP",
+                        "clip_skip": teacher.clip_skip},
+            "languages": sorted({p.lang for p in pairs}),
+            "recipe": {"name": recipe, **dataclasses.asdict(config), "final_loss": result.losses[-1],
+                       "train_pairs": len(train_pairs)},
+            "metrics": metrics})
+        if os.path.exists(checkpoint):
+            os.unlink(checkpoint)
+        name = os.path.relpath(path, glue.adapter_dirs()[0]).replace(os.sep, "/")
+        curve = _plot(result.losses, f"{recipe} / {arch}: {os.path.basename(path)}")
+        return {"ui": {"text": [f"saved {name}"]}, "result": (glue.AdapterHandle(name), curve)}
+
+
+class _WithLatents:
+    def __init__(self, data, latents):
+        self.data, self.latents, self.family, self.pairs = data, latents, data.family, data.pairs
+
+    def __len__(self):
+        return len(self.data)
+
+    def batch(self, indices):
+        b = self.data.batch(indices)
+        b.latents = self.latents[list(indices)]
+        return b
+
+
+class EvaluateAdapter:
+    DESCRIPTION = ("Evaluates an adapter on parallel pairs: per-language R@1/5/10 in both directions, mean recall, "
+                   "cosine to the teacher's English encoding (DESIGN.md §6).")
+    CATEGORY = "BabelCLIP/training"
+    FUNCTION = "evaluate"
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("report", "chart")
+    OUTPUT_TOOLTIPS = ("Markdown table of the metrics.", "Bar chart of recall per language.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP (the teacher the adapter is compared with)."}),
+            "encoder": ("BABELCLIP_ENCODER", {"tooltip": "The encoder the adapter was trained on."}),
+            "adapter": ("BABELCLIP_ADAPTER", {"tooltip": "The adapter to evaluate."}),
+            "data_file": (_data_files(), {"tooltip": "Held-out parallel pairs (en, text, lang) in the input folder."}),
+            "prompts": ("STRING", {"multiline": True, "default": "", "tooltip":
+                                   "Or held-out pairs typed here: 'english<TAB>translation<TAB>lang' per line."}),
+        }}
+
+    def evaluate(self, clip, encoder, adapter, data_file, prompts):
+        pairs = _pairs(data_file, prompts)
+        teacher = train_glue.ComfyClipTeacher(clip)
+        patcher = adapter.patcher_for(encoder, teacher.family)
+        glue.load_for_encode(encoder, patcher)
+        feats = prepare_text_features(pairs, encoder.encoder, teacher, _cache_dir(), layer=adapter.spec.layer)
+        model = patcher.model
+        report = evaluate_adapter(model, feats)
+        return (report_markdown(report), _chart_image(report))
+
+
+class SaveAdapter:
+    DESCRIPTION = "Saves a copy of an adapter under a new name in models/babelclip (never overwriting)."
+    CATEGORY = "BabelCLIP/training"
+    FUNCTION = "save"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "adapter": ("BABELCLIP_ADAPTER", {"tooltip": "The adapter to save."}),
+            "filename": ("STRING", {"default": "babelclip-adapter", "tooltip":
+                                    "Name in models/babelclip; a number is added if it exists."}),
+        }}
+
+    def save(self, adapter, filename):
+        import shutil
+        import tempfile
+
+        path = _unique_path(filename)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=os.path.dirname(path))
+        os.close(fd)
+        try:
+            shutil.copyfile(adapter.path, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return {"ui": {"text": [f"saved {os.path.basename(path)}"]}}
