@@ -112,3 +112,22 @@ def test_unet_recipe_from_the_cli_with_images(setup, encoder_dirs):
                  "--steps", "4", "--batch-size", "4", "--resolution", "16", "--out", str(out)]) == 0
     assert json.loads(read_adapter_spec(out).metadata["babelclip.recipe"])["name"] == "pea"
     assert any(p.name.startswith("latents-") for p in (d / "cache").iterdir())
+
+
+def test_two_process_accelerate_run(setup, tmp_path):
+    """`accelerate launch --num_processes 2 --cpu -m babelclip.training train ...` trains one adapter."""
+    import os
+
+    d, common = setup
+    out = tmp_path / "ddp.safetensors"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "babelclip.training", "train",
+           *common, "--data", str(d / "pairs.tsv"), "--arch", "mlp", "--steps", "6", "--batch-size", "8",
+           "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    recipe = json.loads(read_adapter_spec(out).metadata["babelclip.recipe"])
+    assert recipe["steps"] == 6 and recipe["batch_size"] == 8
+    assert "data parallel over 2 processes" in run.stdout
+    assert run.stdout.count("saved ") == 1  # only the main process writes

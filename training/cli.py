@@ -78,6 +78,24 @@ def _features(args, pairs, encoder, teacher, layer):
                                  progress=progress)
 
 
+class _SingleProcess:
+    is_main_process = True
+
+    def main_process_first(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _process_state():
+    """accelerate's PartialState when started by `accelerate launch` with several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState()
+    return _SingleProcess()
+
+
 def cmd_cache(args) -> int:
     encoder, teacher, pairs, layer = _load(args)
     feats = _features(args, pairs, encoder, teacher, layer)
@@ -133,11 +151,15 @@ def cmd_train(args) -> int:
     adapter = build_adapter(args.arch, encoder.info.hidden_size, teacher.family)
     print(recipe.describe(adapter))
     print(f"{len(train_pairs)} training and {len(val_pairs)} held-out pairs from {args.data}")
-    train_feats = _features(args, train_pairs, encoder, teacher, layer)
-    val_feats = _features(args, val_pairs, encoder, teacher, layer) if val_pairs else None
-    unet = None
-    if recipe.needs_unet:
-        unet, train_feats = _unet_and_latents(args, train_pairs, train_feats)
+    state = _process_state()
+    if not isinstance(state, _SingleProcess) and state.is_main_process:
+        print(f"data parallel over {state.num_processes} processes (accelerate)")
+    with state.main_process_first():  # under `accelerate launch`, the main process fills the caches first
+        train_feats = _features(args, train_pairs, encoder, teacher, layer)
+        val_feats = _features(args, val_pairs, encoder, teacher, layer) if val_pairs else None
+        unet = None
+        if recipe.needs_unet:
+            unet, train_feats = _unet_and_latents(args, train_pairs, train_feats)
 
     stop = {"now": False}
 
@@ -156,6 +178,8 @@ def cmd_train(args) -> int:
     if result.stopped:
         print(f"stopped at step {result.step}/{config.steps}; checkpoint {checkpoint}")
         return 130
+    if not state.is_main_process:
+        return 0
     report = evaluate_adapter(adapter, val_feats) if val_feats else None
     metrics = report["average"] if report else {}
     save_adapter(adapter.cpu(), out, {
