@@ -114,15 +114,25 @@ def test_unet_recipe_from_the_cli_with_images(setup, encoder_dirs):
     assert any(p.name.startswith("latents-") for p in (d / "cache").iterdir())
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_process_accelerate_run(setup, tmp_path):
-    """`accelerate launch --num_processes 2 --cpu -m babelclip.training train ...` trains one adapter."""
+    """`accelerate launch --multi_gpu --num_processes 2 -m babelclip.training train ...` on a CPU-only machine:
+    accelerate's torchrun launcher starts two processes, which train together over gloo."""
     import os
 
     d, common = setup
     out = tmp_path / "ddp.safetensors"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", "-m", "babelclip.training", "train",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(_free_port()), "-m", "babelclip.training", "train",
            *common, "--data", str(d / "pairs.tsv"), "--arch", "mlp", "--steps", "6", "--batch-size", "8",
            "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)

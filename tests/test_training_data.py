@@ -61,3 +61,22 @@ def test_dedup_and_deterministic_split_without_leaks(tmp_path):
     assert split_pairs(unique, 0.2, seed=4)[1] != val
     tiny_train, tiny_val = split_pairs(unique[:2], 0.01)
     assert len(tiny_val) == 1 and len(tiny_train) == 1
+
+
+def test_shipped_prompt_set():
+    from collections import defaultdict
+
+    from babelclip.training.cli import SHIPPED_PROMPTS
+
+    pairs = read_pairs(SHIPPED_PROMPTS)
+    assert dedup(pairs) == pairs
+    langs = defaultdict(set)
+    for p in pairs:
+        langs[p.en].add(p.lang)
+    assert len(langs) >= 200
+    required = {"zh", "ja", "ar", "hi", "ru", "de", "fr", "es"}
+    assert all(required <= got for got in langs.values())
+    by_en = {(p.en, p.lang): p.text for p in pairs}
+    mooncake = next(en for en in langs if "mooncake" in en.lower())
+    assert "月饼" in by_en[(mooncake, "zh")]
+    assert any("rangoli" in en.lower() for en in langs) and any("iftar" in en.lower() for en in langs)

@@ -87,12 +87,13 @@ class _SingleProcess:
         return contextlib.nullcontext()
 
 
-def _process_state():
+def _process_state(device: str):
     """accelerate's PartialState when started by `accelerate launch` with several processes."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
         from accelerate import PartialState
 
-        return PartialState()
+        return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     return _SingleProcess()
 
 
@@ -151,7 +152,7 @@ def cmd_train(args) -> int:
     adapter = build_adapter(args.arch, encoder.info.hidden_size, teacher.family)
     print(recipe.describe(adapter))
     print(f"{len(train_pairs)} training and {len(val_pairs)} held-out pairs from {args.data}")
-    state = _process_state()
+    state = _process_state(args.device)
     if not isinstance(state, _SingleProcess) and state.is_main_process:
         print(f"data parallel over {state.num_processes} processes (accelerate)")
     with state.main_process_first():  # under `accelerate launch`, the main process fills the caches first

@@ -117,12 +117,13 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _accelerator():
+def _accelerator(device: str):
+    """An Accelerator when started by `accelerate launch` with several processes (CPU processes use gloo)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import Accelerator
 
-    return Accelerator()
+    return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
 def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, *, checkpoint: str | None = None,
@@ -140,7 +141,7 @@ def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, 
     if recipe.needs_unet and unet is None:
         raise InvalidDataError(f"Recipe {recipe.name!r} trains through the frozen UNet: connect a MODEL "
                                f"(node) or pass --teacher with a checkpoint that has a UNet (CLI).")
-    accelerator = _accelerator()
+    accelerator = _accelerator(config.device)
     device = accelerator.device if accelerator else _device(config.device)
     world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
     if config.batch_size % world:
