@@ -88,9 +88,10 @@ def build_tiny_encoder(folder: str | os.PathLike, model_type: str = "xlm-roberta
     if model_type in ("xlm-roberta", "t5", "mt5"):
         name = "sentencepiece.bpe.model" if model_type == "xlm-roberta" else "spiece.model"
         with open(os.path.join(folder, name), "wb") as f:
-            f.write(_train_sentencepiece(texts, vocab_size=300))
+            chars = len({c for t in texts for c in t})
+            f.write(_train_sentencepiece(texts, vocab_size=max(300, chars + 300)))
     elif model_type == "bert":
-        _train_wordpiece(texts, folder, vocab_size=400)
+        _train_wordpiece(texts, folder, vocab_size=max(400, len({c for t in texts for c in t}) + 300))
     else:
         raise ValueError(f"no tiny builder for {model_type!r}; choose from {TINY_ENCODER_TYPES}")
 
@@ -145,9 +146,11 @@ def build_tiny_clip_checkpoint(folder: str | os.PathLike, *, num_layers: int = 2
     os.makedirs(tok_dir, exist_ok=True)
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=600, end_of_word_suffix="</w>", special_tokens=["<|unk|>"],
-                                  show_progress=False)
-    bpe.train_from_iterator([t.lower() for t in _corpus(extra_text)], trainer)
+    texts = [t.lower() for t in _corpus(extra_text)]
+    alphabet = len({c for t in texts for c in t})
+    trainer = trainers.BpeTrainer(vocab_size=2 * alphabet + 600, end_of_word_suffix="</w>",
+                                  special_tokens=["<|unk|>"], show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
     model = json.loads(bpe.to_str())["model"]
     vocab = dict(model["vocab"])
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
@@ -155,7 +158,7 @@ def build_tiny_clip_checkpoint(folder: str | os.PathLike, *, num_layers: int = 2
     with open(os.path.join(tok_dir, "vocab.json"), "w", encoding="utf-8") as f:
         json.dump(vocab, f, ensure_ascii=False)
     with open(os.path.join(tok_dir, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+        f.write("".join(line + "\n" for line in ["#version: 0.2", *merges]))
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=768, num_hidden_layers=num_layers,

@@ -230,14 +230,15 @@ def cmd_demo(args) -> int:
     from .data import read_pairs
 
     work = args.workdir or tempfile.mkdtemp(prefix="babelclip-train-demo-")
-    texts = [p.text for p in read_pairs(SHIPPED_PROMPTS)]
+    pairs = read_pairs(SHIPPED_PROMPTS)
+    texts = [p.text for p in pairs]
     enc = os.path.join(work, "text_encoders", "tiny-xlm-roberta")
     if not os.path.exists(os.path.join(enc, "config.json")):
         build_tiny_encoder(enc, "xlm-roberta", hidden_size=64, max_positions=128, extra_text=texts)
     ckpt_dir = os.path.join(work, "checkpoints")
     ckpt, tok = os.path.join(ckpt_dir, "tiny-sd15-text-encoder.safetensors"), os.path.join(ckpt_dir, "clip_tokenizer")
     if not os.path.exists(ckpt):
-        ckpt, tok = build_tiny_clip_checkpoint(ckpt_dir, extra_text=texts)
+        ckpt, tok = build_tiny_clip_checkpoint(ckpt_dir, extra_text=sorted({p.en for p in pairs}))
     out = os.path.join(work, "babelclip", f"demo-{args.arch}-{args.recipe}.safetensors")
     argv = ["train", "--teacher", ckpt, "--clip-tokenizer", tok, "--encoder", enc, "--data", SHIPPED_PROMPTS,
             "--recipe", args.recipe, "--arch", args.arch, "--steps", str(args.steps), "--out", out,

@@ -98,10 +98,11 @@ def report_markdown(report: dict) -> str:
     if not math.isnan(report["average"].get("token_mse", float("nan"))):
         cols.append("token_mse")
     lines = ["| language | pairs | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    cell = lambda v: "—" if math.isnan(v) else f"{v:.3f}"  # noqa: E731
     for lang, m in report["languages"].items():
-        lines.append(f"| {lang} | {m['pairs']} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
+        lines.append(f"| {lang} | {m['pairs']} | " + " | ".join(cell(m[c]) for c in cols) + " |")
     avg = report["average"]
-    lines.append(f"| **average** | {report['pairs']} | " + " | ".join(f"{avg[c]:.3f}" for c in cols) + " |")
+    lines.append(f"| **average** | {report['pairs']} | " + " | ".join(cell(avg[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
