@@ -52,7 +52,8 @@ def _cache_dir() -> str:
 
 
 def _unique_path(name: str) -> str:
-    stem = re.sub(r"[^\w\-. ]", "_", name).strip(" .") or "babelclip-adapter"
+    stem = re.sub(r"[^\w\-. ]", "_", name).strip(" .")
+    stem = (stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem) or "babelclip-adapter"
     folder = glue.adapter_dirs()[0]
     path, n = os.path.join(folder, stem + ".safetensors"), 1
     while os.path.exists(path):

@@ -33,9 +33,9 @@ def all_text() -> list[str]:
     return [t for lang in WORDS for t in corpus(lang)]
 
 
-def pairs(lang: str = "en", seed: int = 0) -> list[Pair]:
-    """English-only (text == en) pairs, MuLan's zero-shot setting, shuffled."""
-    rows = [Pair(t, t, lang, None, f"synthetic:{i}") for i, t in enumerate(corpus(lang))]
+def pairs(langs=tuple(WORDS), seed: int = 0) -> list[Pair]:
+    """Sentences of the synthetic corpus in every language, each its own target (text == en), shuffled."""
+    rows = [Pair(t, t, lang, None, f"synthetic:{lang}:{i}") for lang in langs for i, t in enumerate(corpus(lang))]
     random.Random(seed).shuffle(rows)
     return rows
 

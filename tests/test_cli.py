@@ -141,3 +141,27 @@ def test_two_process_accelerate_run(setup, tmp_path):
     assert recipe["steps"] == 6 and recipe["batch_size"] == 8
     assert "data parallel over 2 processes" in run.stdout
     assert run.stdout.count("saved ") == 1  # only the main process writes
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(setup, tmp_path):
+    import os
+    import signal
+    import time
+
+    d, common = setup
+    out = tmp_path / "sig.safetensors"
+    cmd = [sys.executable, "-m", "babelclip.training", "train", *common, "--data", str(d / "pairs.tsv"),
+           "--arch", "linear", "--steps", "300", "--batch-size", "8", "--checkpoint-every", "1000", "--out", str(out)]
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=f, text=True)
+        deadline = time.monotonic() + 120
+        while "training:" not in err.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + err.read_text()[-2000:]
+    assert "stopped at step" in stdout and os.path.exists(str(out) + ".ckpt") and not out.exists()
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert out.exists() and not os.path.exists(str(out) + ".ckpt")

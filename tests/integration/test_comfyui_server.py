@@ -118,8 +118,13 @@ def test_train_node_writes_an_adapter_that_text_encode_uses(comfy):
         "batch_size": 4, "seed": 0, "adapter_name": "trained-in-server"}}
     g["4"]["inputs"]["adapter"] = ["10", 0]
     g["11"] = {"class_type": "SaveImage", "inputs": {"images": ["10", 1], "filename_prefix": "babel_loss"}}
+    g["12"] = {"class_type": "BabelCLIPSaveAdapter", "inputs": {"adapter": ["10", 0], "filename": "../escape"}}
     entry = comfy.run(g)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    assert (comfy.root / "models" / "babelclip" / "trained-in-server.safetensors").is_file()
+    folder = comfy.root / "models" / "babelclip"
+    trained = folder / "trained-in-server.safetensors"
+    assert trained.is_file()
+    copy = folder / "_escape.safetensors"  # the name is sanitised into the folder, never a path out of it
+    assert copy.is_file() and copy.read_bytes() == trained.read_bytes()
     saved = _saved_images(comfy, entry)
     assert len(saved) == 2 and all(f.is_file() for f in saved)  # the sample and the loss curve
