@@ -133,12 +133,15 @@ class TrainAdapter:
             "optional": {
                 "model": ("MODEL", {"tooltip": "The frozen UNet, for pea, mulan and iap."}),
                 "vae": ("VAE", {"tooltip": "Encodes the images for pea, mulan and iap."}),
-                "images": ("IMAGE", {"tooltip": "One image per data row (same order), for pea, mulan and iap."}),
+                "images": ("IMAGE", {"tooltip": "One image per data row (same order), for pea, mulan and iap, "
+                                                "and for mclip-trikd's image<->text loss."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "mclip-trikd: the vision tower of the same CLIP; with "
+                                                           "images it adds the image<->text loss."}),
             },
         }
 
     def train(self, clip, encoder, recipe, arch, data_file, prompts, steps, learning_rate, batch_size, seed,
-              adapter_name, model=None, vae=None, images=None):
+              adapter_name, model=None, vae=None, images=None, clip_vision=None):
         pairs = _pairs(data_file, prompts)
         recipe_obj = get_recipe(recipe)
         if recipe_obj.needs_unet and (model is None or vae is None or images is None):
@@ -155,13 +158,21 @@ class TrainAdapter:
                                      should_stop=mm.processing_interrupted)
         mm.throw_exception_if_processing_interrupted()
         unet = None
-        if recipe_obj.needs_unet:
+        use_vision = recipe == "mclip-trikd" and clip_vision is not None and images is not None
+        if recipe_obj.needs_unet or use_vision:
             if images.shape[0] != len(pairs):
                 raise InvalidDataError(f"{images.shape[0]} images for {len(pairs)} data rows: give one per row.")
-            index = {id(p): i for i, p in enumerate(pairs)}
-            latents = train_glue.encode_images(vae, model, images)
-            unet = train_glue.ComfyUNet(model)
-            data = _WithLatents(data, latents[[index[id(p)] for p in train_pairs]])
+            rows = [{id(p): i for i, p in enumerate(pairs)}[id(p)] for p in train_pairs]
+            if use_vision:
+                embeds = clip_vision.encode_image(images).image_embeds.float().cpu().clone()
+                if embeds.shape[-1] != teacher.family.pooled_dim:
+                    raise InvalidDataError(
+                        f"The CLIP vision model embeds images in {embeds.shape[-1]} dimensions, the checkpoint's pooled "
+                        f"text in {teacher.family.pooled_dim}: load the vision tower of the same CLIP.")
+                data = _WithImages(data, embeds=embeds[rows])
+            else:
+                unet = train_glue.ComfyUNet(model)
+                data = _WithImages(data, latents=train_glue.encode_images(vae, model, images)[rows])
         path = _unique_path(adapter_name)
         checkpoint = os.path.join(_cache_dir(), f"{os.path.basename(path)[:-12]}-{recipe}-{arch}-{seed}.ckpt")
         bar = comfy.utils.ProgressBar(steps)
@@ -191,16 +202,21 @@ class TrainAdapter:
         return {"ui": {"text": [f"saved {name}"]}, "result": (glue.AdapterHandle(name), curve)}
 
 
-class _WithLatents:
-    def __init__(self, data, latents):
-        self.data, self.latents, self.family, self.pairs = data, latents, data.family, data.pairs
+class _WithImages:
+    """Training rows plus per-row image latents (UNet recipes) or CLIP image embeddings (mclip-trikd)."""
+
+    def __init__(self, data, latents=None, embeds=None):
+        self.data, self.latents, self.embeds, self.family, self.pairs = data, latents, embeds, data.family, data.pairs
 
     def __len__(self):
         return len(self.data)
 
     def batch(self, indices):
         b = self.data.batch(indices)
-        b.latents = self.latents[list(indices)]
+        if self.latents is not None:
+            b.latents = self.latents[list(indices)]
+        if self.embeds is not None:
+            b.image_embeds = self.embeds[list(indices)]
         return b
 
 

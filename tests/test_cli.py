@@ -165,3 +165,29 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(setup, tmp_path):
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert out.exists() and not os.path.exists(str(out) + ".ckpt")
+
+
+def test_mclip_trikd_with_images_and_a_clip_vision_model(setup, encoder_dirs, tmp_path):
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    d, common = setup
+    vision = tmp_path / "clip-vision"
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                   num_attention_heads=2, image_size=32, patch_size=8,
+                                                   projection_dim=768)).save_pretrained(vision)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(vision)
+    rows = ["en\ttext\tlang\timage"]
+    for i, (en, ru) in enumerate(zip(synthetic.corpus("en")[:16], synthetic.corpus("ru")[:16])):
+        Image.new("RGB", (40, 36), (i * 15 % 255, 30, 200)).save(tmp_path / f"v{i}.png")
+        rows.append(f"{en}\t{ru}\tru\tv{i}.png")
+    (tmp_path / "img.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "trikd.safetensors"
+    cache = tmp_path / "cache"
+    assert main(["train", *common[:4], "--encoder", encoder_dirs["xlm-roberta"], "--cache-dir", str(cache),
+                 "--data", str(tmp_path / "img.tsv"), "--recipe", "mclip-trikd", "--arch", "linear", "--steps", "3",
+                 "--batch-size", "4", "--clip-vision", str(vision), "--out", str(out)]) == 0
+    assert any(p.name.startswith("image_embeds-") for p in cache.iterdir())
+    recipe = json.loads(read_adapter_spec(out).metadata["babelclip.recipe"])
+    assert recipe["name"] == "mclip-trikd" and set(recipe["final_terms"]) == {"itc", "ttc"}

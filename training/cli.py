@@ -104,6 +104,22 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def _image_embeds(args, recipe, pairs, text_features, teacher):
+    """mclip-trikd's image side: CLIP image embeddings of each row's image, from --clip-vision."""
+    from .images import ImageTextFeatures, hf_clip_vision_embedder, prepare_image_embeds
+
+    if recipe.name != "mclip-trikd":
+        raise BabelClipError(f"--clip-vision is used by mclip-trikd only, not by {recipe.name!r}.")
+    embed, dim, fingerprint = hf_clip_vision_embedder(args.clip_vision)
+    if dim != teacher.family.pooled_dim:
+        raise BabelClipError(
+            f"The CLIP vision model {args.clip_vision!r} embeds images in {dim} dimensions but the teacher's pooled "
+            f"text embeddings ({teacher.family.label}) have {teacher.family.pooled_dim}: use the vision tower of the "
+            f"same CLIP (ViT-L/14 for SD1.x, ViT-H/14 for SD2.x, ViT-bigG/14 for SDXL).")
+    embeds = prepare_image_embeds(pairs, embed, dim, args.cache_dir, fingerprint)
+    return ImageTextFeatures(text_features, embeds=embeds)
+
+
 def _unet_and_latents(args, pairs, text_features):
     """UNet recipes from the CLI: the UNet and VAE of a diffusers folder; images encoded once."""
     from ..models.adapter_file import tensor_hash
@@ -161,6 +177,8 @@ def cmd_train(args) -> int:
         unet = None
         if recipe.needs_unet:
             unet, train_feats = _unet_and_latents(args, train_pairs, train_feats)
+        elif args.clip_vision:
+            train_feats = _image_embeds(args, recipe, train_pairs, train_feats, teacher)
 
     stop = {"now": False}
 
@@ -189,7 +207,8 @@ def cmd_train(args) -> int:
                     "source": os.path.basename(teacher.source), "clip_skip": teacher.clip_skip},
         "languages": sorted({p.lang for p in pairs}),
         "recipe": {"name": recipe.name, **dataclasses.asdict(config), "final_loss": result.losses[-1],
-                   "train_pairs": len(train_pairs), "seconds": round(time.perf_counter() - started, 1)},
+                   "final_terms": result.terms, "train_pairs": len(train_pairs),
+                   "seconds": round(time.perf_counter() - started, 1)},
         "metrics": metrics,
     }, overwrite=args.overwrite)
     os.unlink(checkpoint)
@@ -278,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--resolution", type=int, default=512, help="image size for UNet recipes")
+    p.add_argument("--clip-vision", help="mclip-trikd: a transformers CLIP vision model folder; adds the image<->text "
+                                          "loss for rows with an image")
     p.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint left by an interrupted run")

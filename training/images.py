@@ -12,7 +12,8 @@ from .cache import FeatureStore
 from .data import Pair
 from .recipes import Batch
 
-__all__ = ["load_image", "ImageTextFeatures", "prepare_latents", "diffusers_vae_encoder"]
+__all__ = ["load_image", "ImageTextFeatures", "prepare_latents", "prepare_image_embeds", "diffusers_vae_encoder",
+           "hf_clip_vision_embedder"]
 
 
 def load_image(path: str, size: int) -> torch.Tensor:
@@ -53,9 +54,7 @@ def prepare_latents(pairs: Sequence[Pair], encode: Callable[[torch.Tensor], torc
                     factor: int, cache_dir: str, vae_fingerprint: str, size: int, batch_size: int = 8,
                     progress: Callable[[int, int], None] | None = None) -> FeatureStore:
     """Encode every distinct image of ``pairs`` once; the store maps image keys to flattened latents."""
-    missing = [p.where for p in pairs if not p.image]
-    if missing:
-        raise InvalidDataError(f"This recipe needs an image for every row; {missing[0]} has none.")
+    _require_images(pairs)
     side = size // factor
     store = FeatureStore(cache_dir, {"kind": "latents", "vae": vae_fingerprint, "size": size}, channels * side * side)
 
@@ -68,11 +67,53 @@ def prepare_latents(pairs: Sequence[Pair], encode: Callable[[torch.Tensor], torc
     return store
 
 
-class ImageTextFeatures:
-    """Text features plus the cached image latents of each row."""
+def _require_images(pairs: Sequence[Pair]) -> None:
+    missing = [p.where for p in pairs if not p.image]
+    if missing:
+        raise InvalidDataError(f"This recipe needs an image for every row; {missing[0]} has none.")
 
-    def __init__(self, text_features, latents: FeatureStore):
-        self.text, self.latents = text_features, latents
+
+def hf_clip_vision_embedder(folder: str) -> tuple[Callable[[list[str]], torch.Tensor], int, str]:
+    """(embed image paths, embedding width, fingerprint) for a local transformers CLIP vision model folder."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from ..models.adapter_file import tensor_hash
+
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+        processor = CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise InvalidDataError(f"Cannot load the CLIP vision model in {folder!r}: {e}") from None
+    model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def embed(paths: list[str]) -> torch.Tensor:
+        from PIL import Image
+
+        images = []
+        for path in paths:
+            with Image.open(path) as img:
+                images.append(img.convert("RGB"))
+        return model(**processor(images=images, return_tensors="pt")).image_embeds.float()
+    return embed, model.config.projection_dim, tensor_hash(model.state_dict())[:16]
+
+
+def prepare_image_embeds(pairs: Sequence[Pair], embed: Callable[[list[str]], torch.Tensor], dim: int, cache_dir: str,
+                         fingerprint: str, batch_size: int = 16) -> FeatureStore:
+    """CLIP image embeddings of every distinct image of ``pairs`` (mclip-trikd's image side), cached."""
+    _require_images(pairs)
+    store = FeatureStore(cache_dir, {"kind": "image_embeds", "model": fingerprint}, dim)
+    store.fill([_image_key(p.image) for p in pairs],
+               lambda keys: list(embed([k.split("|")[0] for k in keys]).reshape(len(keys), 1, dim)),
+               batch_size=batch_size)
+    return store
+
+
+class ImageTextFeatures:
+    """Text features plus, per row, the cached image latents and/or CLIP image embeddings."""
+
+    def __init__(self, text_features, latents: FeatureStore | None = None, embeds: FeatureStore | None = None):
+        self.text, self.latents, self.embeds = text_features, latents, embeds
         self.pairs, self.family = text_features.pairs, text_features.family
 
     def __len__(self) -> int:
@@ -80,6 +121,9 @@ class ImageTextFeatures:
 
     def batch(self, indices: Sequence[int]) -> Batch:
         b = self.text.batch(indices)
-        b.latents = torch.stack([self.latents.get(_image_key(self.pairs[i].image)).view(self.latents.latent_shape)
-                                 for i in indices])
+        keys = [_image_key(self.pairs[i].image) for i in indices]
+        if self.latents is not None:
+            b.latents = torch.stack([self.latents.get(k).view(self.latents.latent_shape) for k in keys])
+        if self.embeds is not None:
+            b.image_embeds = torch.cat([self.embeds.get(k) for k in keys])
         return b

@@ -69,6 +69,7 @@ class TrainResult:
     step: int
     stopped: bool
     checkpoint: str | None
+    terms: dict = field(default_factory=dict)  # the recipe's loss terms at the last step
 
 
 class Dataset(Protocol):
@@ -172,7 +173,7 @@ def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, 
                                "scheduler": scheduler.state_dict(), "step": step, "losses": losses,
                                "config": dataclasses.asdict(config), "arch": adapter.arch}, checkpoint)
 
-    stopped = False
+    stopped, terms = False, {}
     for step in range(start, config.steps):
         if should_stop is not None and should_stop():
             stopped = True
@@ -181,7 +182,7 @@ def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, 
         batch = data.batch(indices[rank::world]).to(device)
         torch.manual_seed(config.seed * 1_000_003 + step * 7919 + rank)  # noise of UNet recipes: resumable too
         with autocast:
-            loss, _ = recipe.loss(model, batch, unet)
+            loss, terms = recipe.loss(model, batch, unet)
         if not torch.isfinite(loss):
             raise InvalidDataError(f"The loss became {float(loss)} at step {step + 1}: lower the learning rate.")
         optimizer.zero_grad(set_to_none=True)
@@ -209,4 +210,4 @@ def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, 
     if checkpoint:
         save(len(losses))
     adapter.eval()
-    return TrainResult(losses, len(losses), stopped, checkpoint)
+    return TrainResult(losses, len(losses), stopped, checkpoint, terms)
