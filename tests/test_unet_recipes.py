@@ -40,11 +40,10 @@ class WithLatents:
 
 
 def fixed_loss(recipe, adapter, batch, unet):
-    """The recipe's loss on a fixed probe; for pea, its distillation part (the noise term has a high floor)."""
+    """The recipe's loss on a fixed probe (same noise and timesteps before and after training)."""
     torch.manual_seed(123)
     with torch.no_grad():
-        loss, logs = recipe.loss(adapter, batch, unet)
-    return logs["eps_kd"] if recipe.name == "pea" else loss.item()
+        return recipe.loss(adapter, batch, unet)[0].item()
 
 
 @pytest.mark.parametrize("name", ["pea", "mulan", "iap"])
@@ -52,7 +51,8 @@ def test_unet_recipe_lowers_its_loss(task, name):  # noqa: F811
     _, tr, _ = task
     unet = tiny_unet()
     data = WithLatents(tr)
-    recipe = get_recipe(name)
+    # pea's optional noise term has a high floor on a random UNet; its distillation terms are what is tested
+    recipe = get_recipe(name, **({"noise_weight": 0.0} if name == "pea" else {}))
     assert recipe.needs_unet and recipe.needs_images
     torch.manual_seed(0)
     adapter = build_adapter("mlp", 32, tr.family, hidden_dim=128)
