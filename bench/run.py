@@ -1,0 +1,413 @@
+"""BabelCLIP benchmarks: encode latency, peers, training throughput, scaling, memory, sizes.
+
+Run ``bash bench/run.sh`` (CPU) or ``bash bench/run.sh --device cuda``. Every figure is the median of
+repeated runs after warm-up. Models have the real architectures and sizes with random weights (nothing
+can be downloaded), so latency, throughput and memory are real; quality is not measured here.
+Results: ``bench/results/*.json``, charts ``bench/results/*.png``; ``BENCHMARKS.md`` summarises them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "bench", "results")
+
+PROMPTS = {
+    "short": "a red cat on a roof",
+    "long": ("a highly detailed watercolor painting of an old lighthouse on a rocky coast during a violent storm, "
+             "huge waves crashing, dramatic clouds, a small fishing boat in the distance, warm light in the window"),
+    "non-latin": "一只红色的猫在日落时睡在木屋顶上，水彩画，细节丰富，柔和的光线",
+}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def median_time(fn, device, warmup=2, repeat=7) -> float:
+    """Median wall time of ``fn()`` in seconds."""
+    times = []
+    for i in range(warmup + repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_init_(model: torch.nn.Module, std: float = 0.02) -> torch.nn.Module:
+    """Materialise a meta-device model on the CPU with small random weights (fast for 500M parameters)."""
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif "norm" in name.lower() and p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0, std)
+        for name, b in model.named_buffers():
+            if "position_ids" in name:
+                b.copy_(torch.arange(b.shape[-1]).expand_as(b))
+            else:
+                b.zero_()
+    return model.eval()
+
+
+def environment(device) -> dict:
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def save(name: str, data) -> str:
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, name + ".json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- models
+def tiny_tokenizer_folder(work: str) -> str:
+    from babelclip.models.tiny import build_tiny_encoder
+
+    folder = os.path.join(work, "tok-xlmr")
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        build_tiny_encoder(folder, "xlm-roberta", max_positions=512, extra_text=PROMPTS.values())
+    return folder
+
+
+def xlmr_encoder(size: str, work: str, device):
+    """An XLM-R-base- or -large-sized encoder (random weights) with a small trained tokenizer."""
+    import transformers
+
+    from babelclip.models.encoder import EncoderInfo, MultilingualEncoder
+
+    dims = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096)}[size]
+    cfg = transformers.XLMRobertaConfig(vocab_size=250002, hidden_size=dims[0], num_hidden_layers=dims[1],
+                                        num_attention_heads=dims[2], intermediate_size=dims[3],
+                                        max_position_embeddings=514, pad_token_id=1)
+    with torch.device("meta"):
+        model = transformers.XLMRobertaModel(cfg, add_pooling_layer=False)
+    random_init_(model)
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_tokenizer_folder(work), local_files_only=True)
+    tok.model_max_length = 512
+    info = EncoderInfo(f"xlm-roberta-{size}-random", "xlm-roberta", dims[0], dims[1], 250002, "bench")
+    return MultilingualEncoder(model, tok, info).to(device)
+
+
+def clip_l_teacher(work: str, device):
+    """CLIP-L text encoder (real architecture, random weights) run the way ComfyUI's CLIPTextEncode runs it."""
+    import transformers
+
+    from babelclip.models.families import FAMILIES
+    from babelclip.models.teacher import CheckpointTeacher
+    from babelclip.models.tiny import build_tiny_clip_checkpoint
+
+    _, tok_dir = build_tiny_clip_checkpoint(os.path.join(work, "clip"), num_layers=1)
+    tok = transformers.CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    cfg = transformers.CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                      num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    with torch.device("meta"):
+        model = transformers.CLIPTextModelWithProjection(cfg)
+    random_init_(model)
+    return CheckpointTeacher(FAMILIES["sd1"], {"clip_l": model}, tok, "bench").to(device)
+
+
+def marian_proxy(device):
+    """A MarianMT model of the opus-mt size (random weights) for the translate-test proxy."""
+    import transformers
+
+    cfg = transformers.MarianConfig(vocab_size=58101, d_model=512, encoder_layers=6, decoder_layers=6,
+                                    encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=2048,
+                                    decoder_ffn_dim=2048, max_position_embeddings=512, pad_token_id=58100,
+                                    eos_token_id=0, decoder_start_token_id=58100)
+    with torch.device("meta"):
+        model = transformers.MarianMTModel(cfg)
+    random_init_(model)
+    model.generation_config.forced_eos_token_id = None
+    return model.to(device)
+
+
+# ----------------------------------------------------------------------------------------------- benchmarks
+def bench_encode(args, device, work) -> dict:
+    from babelclip.models import FAMILIES, build_adapter, encode_prompts
+    from babelclip.models.conditioning import tokenize_prompt
+
+    rows = []
+    clip = clip_l_teacher(work, device)
+    marian = marian_proxy(device)
+    encoders = {size: xlmr_encoder(size, work, device) for size in (("base",) if args.quick else ("base", "large"))}
+    for batch in (1, 16):
+        for kind, prompt in PROMPTS.items():
+            texts = [prompt] * batch
+            with torch.no_grad():
+                rows.append({"path": "stock CLIP-L", "batch": batch, "prompt": kind,
+                             "ms": 1000 * median_time(lambda: clip.encode(texts), device)})
+                for size, enc in encoders.items():
+                    n_tokens = len(tokenize_prompt(enc, prompt).chunks[0])
+                    ids = [tokenize_prompt(enc, prompt).chunks[0]] * batch
+                    enc_ms = 1000 * median_time(lambda: enc.encode_ids(ids), device)
+                    hidden = enc.encode_ids(ids)
+                    for arch in ("linear", "mlp", "bottleneck", "resampler"):
+                        ad = build_adapter(arch, enc.info.hidden_size, FAMILIES["sd1"]).to(device).eval()
+                        ad_ms = 1000 * median_time(lambda: ad(hidden.hidden, hidden.mask), device)
+                        total_ms = 1000 * median_time(lambda: encode_prompts(enc, ad, texts), device)
+                        rows.append({"path": f"BabelCLIP XLM-R-{size} + {arch}", "encoder": size, "arch": arch,
+                                     "batch": batch, "prompt": kind, "tokens": n_tokens, "ms": total_ms,
+                                     "encoder_ms": enc_ms, "adapter_ms": ad_ms,
+                                     "adapter_share_pct": 100 * ad_ms / (enc_ms + ad_ms)})
+                src = torch.randint(0, 58000, (batch, rows[-1]["tokens"]), device=device)
+
+                def translate_then_clip():
+                    marian.generate(src, max_new_tokens=src.shape[1], min_new_tokens=src.shape[1], do_sample=False,
+                                    num_beams=1)
+                    clip.encode(texts)
+                rows.append({"path": "translate-test proxy (MarianMT opus-mt size, greedy) + CLIP-L", "batch": batch,
+                             "prompt": kind, "tokens": int(src.shape[1]),
+                             "ms": 1000 * median_time(translate_then_clip, device, warmup=1, repeat=3)})
+            print(f"  encode batch {batch} {kind}: done", flush=True)
+    return {"rows": rows}
+
+
+def _load_mulan_adapter_class():
+    """MuLan's LanguageAdapter from the installed mulankit, without running its package __init__ (which
+    imports its demo app and hub download helpers)."""
+    spec = importlib.util.find_spec("mulankit")
+    path = os.path.join(spec.submodule_search_locations[0], "models", "adapter.py")
+    module_spec = importlib.util.spec_from_file_location("mulankit_adapter", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.LanguageAdapter
+
+
+def bench_peers(args, device, work) -> dict:
+    from safetensors.torch import save_file
+
+    from babelclip.models import FAMILIES, build_adapter
+    from babelclip.models.adapters import masked_mean
+
+    hidden = torch.randn(1, 32, 1024, device=device)
+    mask = torch.ones(1, 32, dtype=torch.long, device=device)
+    peers = {}
+    try:
+        peers["MuLan LanguageAdapter (mulankit)"] = (_load_mulan_adapter_class()(input_dim=1024, output_dim=768),
+                                                     lambda m: m(hidden))
+    except Exception as e:  # noqa: BLE001  (report, keep going)
+        print(f"  MuLan adapter unavailable: {e}")
+    try:
+        import multilingual_clip.pt_multilingual_clip  # noqa: F401  (the package is installed and importable)
+
+        proj = torch.nn.Linear(1024, 768)  # MultilingualCLIP.LinearTransformation, built as the package builds it
+        peers["Multilingual-CLIP projection (multilingual-clip)"] = (proj, lambda m: m(masked_mean(hidden, mask)))
+    except Exception as e:  # noqa: BLE001
+        print(f"  multilingual-clip unavailable: {e}")
+    pea = torch.nn.Sequential(torch.nn.LayerNorm(1024), torch.nn.Linear(1024, 1024, bias=False), torch.nn.GELU(),
+                              torch.nn.Linear(1024, 1024, bias=False), torch.nn.GELU(),
+                              torch.nn.Linear(1024, 768, bias=False))
+    peers["PEA-Diffusion MLP (DESIGN.md §1)"] = (pea, lambda m: m(hidden))
+    for arch in ("linear", "mlp", "bottleneck", "resampler"):
+        peers[f"BabelCLIP {arch}"] = (build_adapter(arch, 1024, FAMILIES["sd1"]), lambda m: m(hidden, mask))
+    rows = []
+    for name, (module, call) in peers.items():
+        module = module.to(device).eval()
+        path = os.path.join(work, "peer.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, path)
+        with torch.no_grad():
+            ms = 1000 * median_time(lambda: call(module), device)
+        rows.append({"adapter": name, "params": sum(p.numel() for p in module.parameters()),
+                     "file_mb": os.path.getsize(path) / 1e6, "forward_ms_b1_t32": ms})
+    return {"input_dim": 1024, "target": "SD1.5 (768)", "rows": rows}
+
+
+def matmul_rate(device, n=2048) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n ** 3 / median_time(lambda: a @ b, device, warmup=3, repeat=10)
+
+
+def bench_training(args, device, work) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from babelclip.models import FAMILIES, build_adapter
+    from babelclip.training.recipes import Batch, get_recipe
+
+    peak = matmul_rate(device)
+    recipe = get_recipe("altclip-kd")
+    rows = []
+    for arch in ("linear", "mlp", "bottleneck", "resampler"):
+        for batch_size in (32, 256):
+            ad = build_adapter(arch, 1024, FAMILIES["sd1"]).to(device).train()
+            opt = torch.optim.AdamW(ad.parameters(), lr=1e-4)
+            b = Batch(torch.randn(batch_size, 32, 1024, device=device),
+                      torch.ones(batch_size, 32, dtype=torch.long, device=device),
+                      torch.randn(batch_size, 77, 768, device=device), torch.randn(batch_size, 768, device=device))
+
+            def step():
+                loss, _ = recipe.loss(ad, b)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            with FlopCounterMode(display=False) as counter:
+                step()
+            flops = counter.get_total_flops()
+            sec = median_time(step, device, warmup=2, repeat=5)
+            rows.append({"arch": arch, "batch": batch_size, "steps_per_s": 1 / sec, "samples_per_s": batch_size / sec,
+                         "flops_per_step": flops, "matmul_peak_fraction": flops / sec / peak})
+    return {"matmul_flops_per_s": peak, "rows": rows}
+
+
+SCALE_SCRIPT = r'''
+import json, os, resource, sys, time, itertools, torch
+from babelclip.models import FAMILIES, build_adapter, load_encoder
+from babelclip.models.adapters import masked_mean
+from babelclip.models.teacher import TeacherOutput
+from babelclip.training.data import Pair
+from babelclip.training.features import prepare_text_features
+from babelclip.training.recipes import get_recipe
+from babelclip.training.trainer import TrainConfig, train
+n, enc_dir, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+words = "red blue green old tiny golden cat house ship tree dragon lamp night snow hill sea forest moon river city".split()
+texts = [" ".join(c) + f" {i}" for i, c in zip(range(n), itertools.cycle(itertools.product(words, repeat=3)))]
+enc = load_encoder(enc_dir)
+class Teacher:
+    family, fingerprint, clip_skip = FAMILIES["sd1"], "scale", None
+    def __init__(self):
+        g = torch.Generator().manual_seed(0); self.w = torch.randn(enc.info.hidden_size, 768, generator=g)
+    def encode(self, ts):
+        out = enc.encode(ts); m = masked_mean(out.hidden, out.mask) @ self.w
+        return TeacherOutput(m.unsqueeze(1).expand(-1, 77, -1).contiguous(), m)
+pairs = [Pair(t, t, "en") for t in texts]
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+feats = prepare_text_features(pairs, enc, Teacher(), cache, batch_size=256)
+t1 = time.perf_counter()
+ad = build_adapter("mlp", enc.info.hidden_size, FAMILIES["sd1"])
+train(ad, get_recipe("altclip-kd"), feats, TrainConfig(steps=max(1, n // 256), batch_size=256, lr=1e-3))
+t2 = time.perf_counter()
+print(json.dumps({"prompts": n, "cache_s": t1 - t0, "epoch_s": t2 - t1, "rss_before_mb": rss0 / 1024,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
+def bench_scaling(args, work) -> dict:
+    from babelclip.models.tiny import build_tiny_encoder
+
+    enc_dir = build_tiny_encoder(os.path.join(work, "tiny-enc"), "xlm-roberta", max_positions=64)
+    rows = []
+    for n in ((1000, 10000) if args.quick else (1000, 10000, 100000)):
+        cache = tempfile.mkdtemp(dir=work)
+        out = subprocess.run([sys.executable, "-c", SCALE_SCRIPT, str(n), enc_dir, cache], capture_output=True,
+                             text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  scaling {n}: {rows[-1]}", flush=True)
+    return {"rows": rows}
+
+
+MEMORY_SCRIPT = r'''
+import json, resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+from run import xlmr_encoder, PROMPTS
+from babelclip.models import FAMILIES, build_adapter, encode_prompts
+enc = xlmr_encoder("base", sys.argv[2], torch.device("cpu"))
+ad = build_adapter("mlp", 768, FAMILIES["sd1"])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.no_grad():
+    for _ in range(20):
+        encode_prompts(enc, ad, [PROMPTS["long"]] * 16)
+print(json.dumps({"loaded_peak_rss_mb": before / 1024,
+                  "encoding_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
+def bench_memory(args, work) -> dict:
+    from safetensors.torch import save_file
+
+    from babelclip.models import FAMILIES, build_adapter
+
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, os.path.dirname(os.path.abspath(__file__)), work],
+                         capture_output=True, text=True, check=True)
+    rss = json.loads(out.stdout.strip().splitlines()[-1])
+    sizes = []
+    for family in ("sd1", "sdxl"):
+        for arch in ("linear", "mlp", "bottleneck", "resampler"):
+            ad = build_adapter(arch, 1024, FAMILIES[family])
+            path = os.path.join(work, f"{arch}-{family}.safetensors")
+            save_file({k: v.contiguous() for k, v in ad.state_dict().items()}, path)
+            sizes.append({"arch": arch, "family": family, "params": ad.num_parameters(),
+                          "file_mb": os.path.getsize(path) / 1e6})
+    return {"rss": rss, "adapter_files_fp32": sizes}
+
+
+def summarise(encode, peers, training, scaling, memory) -> dict:
+    def pick(path_prefix, prompt="short", batch=1):
+        return next(r for r in encode["rows"] if r["path"].startswith(path_prefix) and r["prompt"] == prompt
+                    and r["batch"] == batch)
+
+    babel = pick("BabelCLIP XLM-R-base + mlp")
+    best256 = max((r for r in training["rows"] if r["batch"] == 256), key=lambda r: r["matmul_peak_fraction"])
+    sd15_mlp = next(r for r in memory["adapter_files_fp32"] if r["arch"] == "mlp" and r["family"] == "sd1")
+    rss = {r["prompts"]: r["peak_rss_mb"] for r in scaling["rows"]}
+    return {
+        "encode_adapter_overhead_pct": 100 * babel["adapter_ms"] / babel["encoder_ms"],
+        "encode_speedup_vs_translate_test": pick("translate-test")["ms"] / babel["ms"],
+        "encode_ratio_vs_stock_clip": babel["ms"] / pick("stock CLIP-L")["ms"],
+        "train_matmul_peak_fraction": best256["matmul_peak_fraction"],
+        "train_matmul_peak_fraction_arch": best256["arch"],
+        "train_rss_growth_mb_1k_to_100k": (rss[max(rss)] - rss[min(rss)]) if len(rss) > 1 else None,
+        "train_rss_sizes_compared": [min(rss), max(rss)],
+        "adapter_params_sd15_mlp": sd15_mlp["params"],
+        "adapter_file_mb_sd15_mlp": sd15_mlp["file_mb"],
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes (no XLM-R-large, no 100k corpus)")
+    parser.add_argument("--only", nargs="*", choices=["encode", "peers", "training", "scaling", "memory"])
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but CUDA is not available")
+    work = tempfile.mkdtemp(prefix="babelclip-bench-")
+    results = {"environment": environment(device)}
+    steps = {"encode": lambda: bench_encode(args, device, work), "peers": lambda: bench_peers(args, device, work),
+             "training": lambda: bench_training(args, device, work), "scaling": lambda: bench_scaling(args, work),
+             "memory": lambda: bench_memory(args, work)}
+    suffix = "" if device.type == "cpu" else "-" + device.type
+    for name, fn in steps.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"{name} ...", flush=True)
+        results[name] = fn()
+        save(name + suffix, {"environment": results["environment"], **results[name]})
+    if all(k in results for k in steps):
+        summary = {**summarise(*(results[k] for k in steps)), "environment": results["environment"]}
+        print(json.dumps(summary, indent=2))
+        save("summary" + suffix, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install the benchmark's extras into ./.venv (made by scripts/test.sh or here) and run every benchmark.
+# Usage: bash bench/run.sh [--device cuda] [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${BABELCLIP_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+"$VENV/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" torch==2.13.0
+"${PIP[@]}" -e .
+"${PIP[@]}" --no-deps mulankit==1.0.2 multilingual-clip==1.0.10
+"${PIP[@]}" "diffusers>=0.27" psutil
+exec "$VENV/bin/python" bench/run.py "$@"
