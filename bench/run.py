@@ -277,7 +277,7 @@ def bench_training(args, device, work) -> dict:
 
 
 SCALE_SCRIPT = r'''
-import json, os, resource, sys, time, itertools, torch
+import json, os, sys, time, itertools, torch
 from babelclip.models import FAMILIES, build_adapter, load_encoder
 from babelclip.models.adapters import masked_mean
 from babelclip.models.teacher import TeacherOutput
@@ -296,16 +296,18 @@ class Teacher:
     def encode(self, ts):
         out = enc.encode(ts); m = masked_mean(out.hidden, out.mask) @ self.w
         return TeacherOutput(m.unsqueeze(1).expand(-1, 77, -1).contiguous(), m)
+def hwm():  # peak RSS of this process in MB (VmHWM restarts at exec, unlike ru_maxrss on Linux)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 pairs = [Pair(t, t, "en") for t in texts]
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss0 = hwm()
 t0 = time.perf_counter()
 feats = prepare_text_features(pairs, enc, Teacher(), cache, batch_size=256)
 t1 = time.perf_counter()
 ad = build_adapter("mlp", enc.info.hidden_size, FAMILIES["sd1"])
 train(ad, get_recipe("altclip-kd"), feats, TrainConfig(steps=max(1, n // 256), batch_size=256, lr=1e-3))
 t2 = time.perf_counter()
-print(json.dumps({"prompts": n, "cache_s": t1 - t0, "epoch_s": t2 - t1, "rss_before_mb": rss0 / 1024,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"prompts": n, "cache_s": t1 - t0, "epoch_s": t2 - t1, "rss_before_mb": rss0,
+                  "peak_rss_mb": hwm()}))
 '''
 
 
@@ -324,18 +326,19 @@ def bench_scaling(args, work) -> dict:
 
 
 MEMORY_SCRIPT = r'''
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, sys.argv[1])
+def hwm():  # peak RSS in MB (VmHWM restarts at exec, unlike ru_maxrss on Linux)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 from run import xlmr_encoder, PROMPTS
 from babelclip.models import FAMILIES, build_adapter, encode_prompts
 enc = xlmr_encoder("base", sys.argv[2], torch.device("cpu"))
 ad = build_adapter("mlp", 768, FAMILIES["sd1"])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm()
 with torch.no_grad():
     for _ in range(20):
         encode_prompts(enc, ad, [PROMPTS["long"]] * 16)
-print(json.dumps({"loaded_peak_rss_mb": before / 1024,
-                  "encoding_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"loaded_peak_rss_mb": before, "encoding_peak_rss_mb": hwm()}))
 '''
 
 
@@ -373,8 +376,9 @@ def summarise(encode, peers, training, scaling, memory) -> dict:
         "encode_ratio_vs_stock_clip": babel["ms"] / pick("stock CLIP-L")["ms"],
         "train_matmul_peak_fraction": best256["matmul_peak_fraction"],
         "train_matmul_peak_fraction_arch": best256["arch"],
-        "train_rss_growth_mb_1k_to_100k": (rss[max(rss)] - rss[min(rss)]) if len(rss) > 1 else None,
-        "train_rss_sizes_compared": [min(rss), max(rss)],
+        "train_rss_growth_mb_1k_to_100k": (rss[100000] - rss[1000]) if {1000, 100000} <= set(rss) else None,
+        "train_rss_growth_mb_measured": rss[max(rss)] - rss[min(rss)] if len(rss) > 1 else None,
+        "train_rss_sizes_measured": [min(rss), max(rss)],
         "adapter_params_sd15_mlp": sd15_mlp["params"],
         "adapter_file_mb_sd15_mlp": sd15_mlp["file_mb"],
     }
@@ -401,6 +405,11 @@ def main(argv=None) -> int:
         print(f"{name} ...", flush=True)
         results[name] = fn()
         save(name + suffix, {"environment": results["environment"], **results[name]})
+    for name in steps:  # steps not run this time: their last saved results
+        path = os.path.join(RESULTS, name + suffix + ".json")
+        if name not in results and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                results[name] = json.load(f)
     if all(k in results for k in steps):
         summary = {**summarise(*(results[k] for k in steps)), "environment": results["environment"]}
         print(json.dumps(summary, indent=2))

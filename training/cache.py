@@ -60,6 +60,7 @@ class FeatureStore:
         self.index: dict[str, tuple[int, int]] = {}
         self._load_index()
         self._map: np.memmap | None = None
+        self._mapped_reads = 0
 
     def _load_index(self) -> None:
         if not os.path.exists(self.index_path):
@@ -124,7 +125,13 @@ class FeatureStore:
             offset, rows = self.index[text_key(text)]
         except KeyError:
             raise KeyError(f"text not in feature cache {self.folder}: {text[:60]!r}") from None
-        return torch.from_numpy(np.array(self._memmap()[offset: offset + rows]))
+        out = torch.from_numpy(np.array(self._memmap()[offset: offset + rows]))
+        # Pages read through a mapping count as this process's resident memory until it is unmapped; map the
+        # file afresh every ~256 MB read so memory stays flat however large the cache (the OS still caches it).
+        self._mapped_reads += out.numel() * 4
+        if self._mapped_reads > 256 * 1024 * 1024:
+            self._map, self._mapped_reads = None, 0
+        return out
 
     def fill(self, texts: Iterable[str], compute: Callable[[list[str]], Sequence[torch.Tensor]], *,
              batch_size: int = 32, progress: Callable[[int, int], None] | None = None,

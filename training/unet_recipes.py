@@ -37,10 +37,20 @@ class _UNetRecipe(Recipe):
         t = torch.randint(0, len(unet.alphas_cumprod), (latents.shape[0],), device=latents.device)
         return add_noise(latents, noise, t, unet.alphas_cumprod), noise, t
 
-    def _teacher(self, batch: Batch):
+    def _paired(self, adapter, batch: Batch, unet, kind: str):
+        """The same noised latents through the UNet twice: with the teacher's conditioning of the English text
+        (frozen, no grad) and with the adapter's of the target text; ``kind`` features captured from both."""
         if batch.teacher_cond is None:
             raise InvalidDataError(f"Recipe {self.name!r} needs the teacher's conditioning of the English text.")
-        return batch.teacher_cond, batch.teacher_pooled
+        x, noise, t = self._noised(batch, unet)
+        with torch.no_grad(), unet.capture(kind) as teacher_feats:
+            eps_t = unet.predict_noise(x, t, batch.teacher_cond.to(x.dtype), batch.teacher_pooled)
+        out = adapter(batch.hidden, batch.mask)
+        with unet.capture(kind) as student_feats:
+            eps_s = unet.predict_noise(x, t, out.cond.to(x.dtype), out.pooled)
+        if not teacher_feats or len(teacher_feats) != len(student_feats):
+            raise InvalidDataError(f"The UNet's {kind.replace('_', ' ')} features could not be captured.")
+        return noise, eps_t, eps_s, teacher_feats, student_feats
 
 
 @register_recipe
@@ -53,15 +63,7 @@ class Pea(_UNetRecipe):
         self.feature_weight, self.noise_weight = feature_weight, noise_weight
 
     def loss(self, adapter, batch, unet=None):
-        x, noise, t = self._noised(batch, unet)
-        t_cond, t_pooled = self._teacher(batch)
-        with torch.no_grad(), unet.capture("blocks") as teacher_feats:
-            eps_t = unet.predict_noise(x, t, t_cond.to(x.dtype), t_pooled)
-        out = adapter(batch.hidden, batch.mask)
-        with unet.capture("blocks") as student_feats:
-            eps_s = unet.predict_noise(x, t, out.cond.to(x.dtype), out.pooled)
-        if not teacher_feats or len(teacher_feats) != len(student_feats):
-            raise InvalidDataError("The UNet's down/mid/up block features could not be captured.")
+        noise, eps_t, eps_s, teacher_feats, student_feats = self._paired(adapter, batch, unet, "blocks")
         kd = F.mse_loss(eps_s.float(), eps_t.float())
         feats = sum(F.mse_loss(s.float(), t_.float()) for s, t_ in zip(student_feats, teacher_feats))
         denoise = F.mse_loss(eps_s.float(), noise.float())
@@ -89,14 +91,6 @@ class ImageAsPivot(_UNetRecipe):
     loss_formula = "sum over cross-attention layers MSE(attn(x_t, adapter(target)), attn(x_t, CLIP(English)))"
 
     def loss(self, adapter, batch, unet=None):
-        x, _, t = self._noised(batch, unet)
-        t_cond, t_pooled = self._teacher(batch)
-        with torch.no_grad(), unet.capture("cross_attention") as teacher_attn:
-            unet.predict_noise(x, t, t_cond.to(x.dtype), t_pooled)
-        out = adapter(batch.hidden, batch.mask)
-        with unet.capture("cross_attention") as student_attn:
-            unet.predict_noise(x, t, out.cond.to(x.dtype), out.pooled)
-        if not teacher_attn:
-            raise InvalidDataError("The UNet has no cross-attention layers to align.")
+        _, _, _, teacher_attn, student_attn = self._paired(adapter, batch, unet, "cross_attention")
         loss = sum(F.mse_loss(s.float(), t_.float()) for s, t_ in zip(student_attn, teacher_attn)) / len(teacher_attn)
         return loss, {"cross_attention": loss.item()}
