@@ -316,10 +316,15 @@ def bench_scaling(args, work) -> dict:
 
     enc_dir = build_tiny_encoder(os.path.join(work, "tiny-enc"), "xlm-roberta", max_positions=64)
     rows = []
-    for n in ((1000, 10000) if args.quick else (1000, 10000, 100000)):
+    for n in args.scaling_sizes:
         cache = tempfile.mkdtemp(dir=work)
-        out = subprocess.run([sys.executable, "-c", SCALE_SCRIPT, str(n), enc_dir, cache], capture_output=True,
-                             text=True, check=True)
+        try:
+            out = subprocess.run([sys.executable, "-c", SCALE_SCRIPT, str(n), enc_dir, cache], capture_output=True,
+                                 text=True, check=True)
+        finally:
+            import shutil
+
+            shutil.rmtree(cache, ignore_errors=True)  # ~240 KB of teacher features per prompt
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  scaling {n}: {rows[-1]}", flush=True)
     return {"rows": rows}
@@ -389,11 +394,17 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="fewer sizes (no XLM-R-large, no 100k corpus)")
     parser.add_argument("--only", nargs="*", choices=["encode", "peers", "training", "scaling", "memory"])
+    parser.add_argument("--scaling-sizes", nargs="+", type=int, default=[1000, 10000],
+                        help="corpus sizes for the scaling run; 100000 needs about 24 GB of free disk for the cache")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but CUDA is not available")
     work = tempfile.mkdtemp(prefix="babelclip-bench-")
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, work, True)
     results = {"environment": environment(device)}
     steps = {"encode": lambda: bench_encode(args, device, work), "peers": lambda: bench_peers(args, device, work),
              "training": lambda: bench_training(args, device, work), "scaling": lambda: bench_scaling(args, work),
