@@ -141,7 +141,7 @@ class CheckpointTeacher(nn.Module):
 
     def tokens(self, text: str, pad: int) -> list[int]:
         """ComfyUI's token stream for one prompt: words tokenized one by one, 75 tokens, BOS/EOS, padded."""
-        clean = parse_prompt_weights(text).text.replace("\n", " ")
+        clean = parse_prompt_weights(text, strict=False).text.replace("\n", " ")
         ids: list[int] = []
         for word in (w for w in clean.split(" ") if w):
             ids += self.tokenizer(word)["input_ids"][1:-1]

@@ -31,7 +31,7 @@ def test_tsv_csv_jsonl_and_txt(tmp_path):
     ("img.tsv", "en\ttext\timage\na\tb\tmissing.png\n", r"img.tsv:2: image .*missing.png"),
     ("j.jsonl", '{"en": "a", "text": "b"}\n[1, 2]\n', r"j.jsonl:2: each line must be a JSON object"),
     ("j2.jsonl", '{"en": "a"\n', r"j2.jsonl:1: not a JSON object"),
-    ("huge.txt", "x" * 5000 + "\n", r"huge.txt:1: .*5000 characters"),
+    ("huge.txt", "x" * 5000 + "\n", r"huge.txt:1: .*5,000 characters"),
     ("none.txt", "\n\n", r"has no prompts"),
     ("d.xlsx", "x", r"unknown format"),
 ])

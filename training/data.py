@@ -22,11 +22,13 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ..errors import InvalidDataError
+from ..errors import InvalidDataError, InvalidPromptError
+from ..models.prompt import check_text
 
 __all__ = ["Pair", "read_pairs", "read_prompts", "pairs_from_text", "dedup", "split_pairs", "MAX_TEXT_CHARS"]
 
 MAX_TEXT_CHARS = 4000
+MAX_FILE_BYTES = 2 * 1024 ** 3  # 2 GiB: millions of rows; anything bigger is not a prompt list
 _FORMATS = (".txt", ".tsv", ".csv", ".jsonl")
 
 
@@ -43,10 +45,18 @@ class Pair:
 
 def _read_text(path: str) -> str:
     try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            raise InvalidDataError(
+                f"Data file {path!r} is {size / 1024 ** 3:.1f} GiB; the limit is {MAX_FILE_BYTES / 1024 ** 3:.0f} GiB. "
+                f"Split it into smaller files.")
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise InvalidDataError(f"Data file {path!r} does not exist.") from None
+        raise InvalidDataError(f"Data file {path!r} does not exist. Check the path (relative paths start in the "
+                               f"current folder).") from None
+    except IsADirectoryError:
+        raise InvalidDataError(f"Data file {path!r} is a folder; give the path of a .tsv/.csv/.jsonl/.txt file.") from None
     except OSError as e:
         raise InvalidDataError(f"Cannot read data file {path!r}: {e.strerror or e}.") from None
     try:
@@ -54,21 +64,23 @@ def _read_text(path: str) -> str:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise InvalidDataError(
-            f"{path}:{line}: not valid UTF-8 (byte {raw[e.start]:#04x}). Save the file as UTF-8.") from None
+            f"{path}:{line}: not valid UTF-8 (byte {raw[e.start]:#04x}). Save the file as UTF-8 (in Excel: "
+            f"'CSV UTF-8'; in an editor: encoding UTF-8).") from None
 
 
 def _clean(value, where: str, column: str, required: bool) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
-            raise InvalidDataError(f"{where}: column {column!r} is empty.")
+            raise InvalidDataError(f"{where}: column {column!r} is empty. Fill it in or delete the row.")
         return ""
     if not isinstance(value, str):
-        raise InvalidDataError(f"{where}: column {column!r} must be text, got {type(value).__name__}.")
+        raise InvalidDataError(f"{where}: column {column!r} must be text, got {type(value).__name__}. Quote it as a "
+                               f"JSON string.")
     value = value.strip()
-    if len(value) > MAX_TEXT_CHARS:
-        raise InvalidDataError(f"{where}: column {column!r} has {len(value)} characters (at most {MAX_TEXT_CHARS}).")
-    if "\x00" in value:
-        raise InvalidDataError(f"{where}: column {column!r} contains a NUL character.")
+    try:
+        check_text(value, f"{where}: column {column!r}", max_chars=MAX_TEXT_CHARS)
+    except InvalidPromptError as e:
+        raise InvalidDataError(str(e)) from None
     return value
 
 
@@ -80,7 +92,8 @@ def _pair(row: dict, where: str, folder: str) -> Pair:
     if image is not None:
         image = image if os.path.isabs(image) else os.path.join(folder, image)
         if not os.path.isfile(image):
-            raise InvalidDataError(f"{where}: image {image!r} does not exist.")
+            raise InvalidDataError(f"{where}: image {image!r} does not exist. Relative image paths start in the data "
+                                   f"file's folder; fix the path or remove the row.")
     return Pair(en, text, lang, image, where)
 
 
@@ -93,14 +106,25 @@ def _rows(path: str, content: str) -> Iterable[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise InvalidDataError(f"{path}:{n}: not a JSON object ({e.msg}).") from None
+                raise InvalidDataError(f"{path}:{n}: not a JSON object ({e.msg}). Each line must be one object like "
+                                       f'{{"en": "...", "text": "...", "lang": "de"}}.') from None
+            except RecursionError:
+                raise InvalidDataError(f"{path}:{n}: JSON nested too deeply. Each line must be one flat object with "
+                                       f"'en' and 'text'.") from None
             if not isinstance(row, dict):
                 raise InvalidDataError(f"{path}:{n}: each line must be a JSON object with 'en' and 'text'.")
             yield n, row
         return
     reader = csv.reader(io.StringIO(content, newline=""), delimiter="\t" if ext == ".tsv" else ",")
     header = None
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # a field over csv's size limit, a NUL in old Pythons, a broken quote
+            raise InvalidDataError(f"{path}:{reader.line_num}: cannot be read as {ext[1:].upper()} ({e}). Check the "
+                                   f"quoting on that line; each cell holds at most {MAX_TEXT_CHARS} characters.") from None
         n = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
@@ -113,7 +137,8 @@ def _rows(path: str, content: str) -> Iterable[tuple[int, dict]]:
                     f"expected en, text and optionally lang, image.")
             continue
         if len(row) != len(header):
-            raise InvalidDataError(f"{path}:{n}: {len(row)} columns, the header has {len(header)}.")
+            raise InvalidDataError(f"{path}:{n}: {len(row)} columns, the header has {len(header)}. Look for a stray "
+                                   f"{'tab' if ext == '.tsv' else 'comma'}, or quote the cell.")
         yield n, dict(zip(header, row))
 
 
@@ -129,7 +154,7 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
     folder = os.path.dirname(os.path.abspath(path))
     pairs = [_pair(row, f"{path}:{n}", folder) for n, row in _rows(path, content)]
     if not pairs:
-        raise InvalidDataError(f"Data file {path!r} has no rows.")
+        raise InvalidDataError(f"Data file {path!r} has no rows. Add rows under the header (en, text[, lang, image]).")
     return pairs
 
 
