@@ -15,6 +15,7 @@ __all__ = [
     "InvalidPromptError",
     "UnsafePathError",
     "UnsupportedModelError",
+    "StorageError",
 ]
 
 
@@ -44,3 +45,7 @@ class InvalidPromptError(BabelClipError):
 
 class UnsafePathError(BabelClipError):
     """A file name points outside the model folder it must stay in."""
+
+
+class StorageError(BabelClipError):
+    """A file could not be written (disk full, no permission); nothing was left half-written."""

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -25,6 +24,7 @@ from ..errors import IncompatibleAdapterError, InvalidModelFileError
 from .adapters import ARCHITECTURES, Adapter, config_to_adapter
 from .encoder import EncoderInfo
 from .families import FAMILIES, TargetFamily
+from .files import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -42,6 +42,11 @@ FORMAT_VERSION = 1
 PREFIX = "babelclip."
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # an adapter header is a few KB; refuse absurd ones before reading
+MAX_TENSORS = 4096  # the largest built-in adapter has a few dozen
+MAX_METADATA_CHARS = 1024 * 1024  # per metadata value (metrics and descriptions are a few KB)
+MAX_DIM = 65536  # any width or count in an arch_config
+MAX_LAYERS = 64
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 _REQUIRED = ("format_version", "arch", "arch_config", "encoder", "target")
 
 
@@ -119,7 +124,7 @@ def _json_field(meta: dict, key: str, path: str):
     raw = meta.get(PREFIX + key)
     try:
         return json.loads(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise InvalidModelFileError(
             f"Adapter file {path!r} has malformed metadata {PREFIX + key!r}: {str(raw)[:80]!r}. "
             f"The file is damaged or was not written by BabelCLIP; train or download it again.") from None
@@ -135,10 +140,30 @@ def read_adapter_spec(path: str | os.PathLike) -> AdapterSpec:
     try:
         with safe_open(path, framework="pt") as f:
             meta = dict(f.metadata() or {})
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            names = list(f.keys())
+            if len(names) > MAX_TENSORS:
+                raise InvalidModelFileError(
+                    f"Adapter file {path!r} holds {len(names)} tensors (an adapter has at most {MAX_TENSORS}). It is "
+                    f"not a BabelCLIP adapter; use one trained or saved by BabelCLIP.")
+            slices = {k: f.get_slice(k) for k in names}
+            shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
+            dtypes = {k: s.get_dtype() for k, s in slices.items()}
+    except InvalidModelFileError:
+        raise
     except Exception as e:  # safetensors raises SafetensorError/OSError for damaged files
         raise InvalidModelFileError(
-            f"Adapter file {path!r} is not a valid safetensors file ({e}). Download or train it again.") from None
+            f"Adapter file {path!r} is not a valid safetensors file ({str(e)[:200]}). Download or train it "
+            f"again.") from None
+    odd = sorted(k for k, d in dtypes.items() if str(d).upper() not in FLOAT_DTYPES)
+    if odd:
+        raise InvalidModelFileError(
+            f"Adapter file {path!r} stores {odd[0]!r} as {dtypes[odd[0]]}; adapter weights are floating point. "
+            f"The file is damaged or not an adapter; train or download it again.")
+    long_values = sorted(k for k, v in meta.items() if len(k) + len(v) > MAX_METADATA_CHARS)
+    if long_values:
+        raise InvalidModelFileError(
+            f"Adapter file {path!r} has a metadata entry {long_values[0][:60]!r} longer than {MAX_METADATA_CHARS:,} "
+            f"characters. It was not written by BabelCLIP; use an adapter trained or saved by BabelCLIP.")
 
     missing = [PREFIX + k for k in _REQUIRED if PREFIX + k not in meta]
     if missing:
@@ -147,9 +172,12 @@ def read_adapter_spec(path: str | os.PathLike) -> AdapterSpec:
             f"trained or saved by BabelCLIP.")
     try:
         version = int(meta[PREFIX + "format_version"])
+        if version < 1:
+            raise ValueError
     except ValueError:
         raise InvalidModelFileError(
-            f"{path!r} has a malformed babelclip.format_version {meta[PREFIX + 'format_version']!r}.") from None
+            f"{path!r} has a malformed babelclip.format_version {meta[PREFIX + 'format_version'][:40]!r}. The file "
+            f"is damaged or was not written by BabelCLIP; train or download it again.") from None
     if version > FORMAT_VERSION:
         raise IncompatibleAdapterError(
             f"{path!r} uses adapter format {version}, made by a newer BabelCLIP; this one reads format "
@@ -158,21 +186,25 @@ def read_adapter_spec(path: str | os.PathLike) -> AdapterSpec:
     cls = ARCHITECTURES.get(arch)
     if cls is None:
         raise IncompatibleAdapterError(
-            f"{path!r} uses adapter architecture {arch!r}, which this BabelCLIP does not know (it knows "
+            f"{path!r} uses adapter architecture {arch[:60]!r}, which this BabelCLIP does not know (it knows "
             f"{', '.join(sorted(ARCHITECTURES))}). Update BabelCLIP.")
     arch_config = _json_field(meta, "arch_config", path)
     target = _json_field(meta, "target", path)
     encoder = _json_field(meta, "encoder", path)
     if not all(isinstance(x, dict) for x in (arch_config, target, encoder)):
-        raise InvalidModelFileError(f"{path!r}: babelclip.arch_config, .target and .encoder must be JSON objects.")
+        raise InvalidModelFileError(f"{path!r}: babelclip.arch_config, .target and .encoder must be JSON objects. The "
+                                    f"file is damaged or was not written by BabelCLIP; train or download it again.")
+    _check_arch_config(arch_config, cls.config_class, path)
     try:
         config = cls.config_class(**arch_config)
-    except TypeError as e:
-        raise InvalidModelFileError(f"{path!r}: babelclip.arch_config does not fit the {arch!r} architecture ({e}).") from None
-    family = FAMILIES.get(target.get("family"))
+    except (TypeError, ValueError) as e:
+        raise InvalidModelFileError(f"{path!r}: babelclip.arch_config does not fit the {arch!r} architecture "
+                                    f"({str(e)[:120]}). Train or download the adapter again.") from None
+    family_name = target.get("family")
+    family = FAMILIES.get(family_name) if isinstance(family_name, str) else None
     if family is None:
         raise IncompatibleAdapterError(
-            f"{path!r} targets model family {target.get('family')!r}, which this BabelCLIP does not support "
+            f"{path!r} targets model family {str(family_name)[:40]!r}, which this BabelCLIP does not support "
             f"({', '.join(FAMILIES)}). Update BabelCLIP or use an adapter for your checkpoint's family.")
     if (config.cond_dim, config.pooled_dim) != (family.cond_dim, family.pooled_dim):
         raise InvalidModelFileError(
@@ -189,7 +221,24 @@ def read_adapter_spec(path: str | os.PathLike) -> AdapterSpec:
             f"{path!r}: its tensors do not match its {arch!r} arch_config (first differences: "
             f"{', '.join(diff[:3])}). The file is damaged; train or download it again.")
     layer = encoder.get("layer", "last")
+    if isinstance(layer, bool) or not isinstance(layer, (int, str)) or (isinstance(layer, int) and abs(layer) > 1000) \
+            or (isinstance(layer, str) and len(layer) > 20):
+        raise InvalidModelFileError(f"{path!r}: babelclip.encoder has an invalid layer {str(layer)[:40]!r} (expected "
+                                    f"'last', 'penultimate' or a layer number). Train or download the adapter again.")
     return AdapterSpec(path, arch, config, family, encoder, layer, meta, shapes)
+
+
+def _check_arch_config(arch_config: dict, config_class, path: str) -> None:
+    """Every size in an arch_config is an integer in a sane range, checked before anything is built from it."""
+    for f in dataclasses.fields(config_class):
+        if f.name not in arch_config or f.type not in ("int", int):
+            continue
+        value = arch_config[f.name]
+        limit = MAX_LAYERS if f.name in ("layers", "depth", "num_layers") else MAX_DIM
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise InvalidModelFileError(
+                f"{path!r}: babelclip.arch_config has {f.name}={str(value)[:40]}, expected a whole number from 1 to "
+                f"{limit}. The file is damaged or was not written by BabelCLIP; train or download it again.")
 
 
 def check_compatible(spec: AdapterSpec, encoder: EncoderInfo | None = None,
@@ -297,15 +346,5 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike, metadata: Mapping[st
         out[PREFIX + key] = _meta_value(value)
     from safetensors.torch import save_file
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=out)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=out), "adapter")
     return path

@@ -268,15 +268,9 @@ class SaveAdapter:
 
     def save(self, adapter, filename):
         import shutil
-        import tempfile
+
+        from ..models.files import atomic_write
 
         path = _unique_path(filename)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=os.path.dirname(path))
-        os.close(fd)
-        try:
-            shutil.copyfile(adapter.path, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: shutil.copyfile(adapter.path, tmp), "adapter")
         return {"ui": {"text": [f"saved {os.path.basename(path)}"]}}

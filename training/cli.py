@@ -13,6 +13,7 @@ import tempfile
 import time
 
 from ..errors import BabelClipError
+from ..models.files import atomic_write
 
 log = logging.getLogger("babelclip.training")
 
@@ -231,12 +232,9 @@ def cmd_eval(args) -> int:
     flat = {lang: {k: m[k] for k in ("r@1", "r@5", "r@10", "mean_recall", "cosine")}
             for lang, m in report["languages"].items()}
     flat["average"] = {k: report["average"][k] for k in ("r@1", "r@5", "r@10", "mean_recall", "cosine")}
-    tmp = args.json + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"languages": flat, "average": flat.pop("average"), "pairs": report["pairs"],
-                   "adapter": os.path.basename(args.adapter)}, f, indent=2)
-    os.replace(tmp, args.json)
+    summary = {"languages": flat, "average": flat.pop("average"), "pairs": report["pairs"],
+               "adapter": os.path.basename(args.adapter)}
+    atomic_write(args.json, lambda tmp: _write_json(tmp, summary), "evaluation summary")
     details = write_report(report, os.path.splitext(args.json)[0] + "-details")
     print(report_markdown(report))
     print(f"wrote {args.json} (all metrics: {details['json']}; table: {details['markdown']}; chart: {details['chart']})")
@@ -320,3 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     except BabelClipError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _write_json(path: str, data) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)

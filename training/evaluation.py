@@ -18,6 +18,8 @@ from typing import Sequence
 
 import torch
 
+from ..models.files import atomic_write
+
 __all__ = ["recall_at_k", "evaluate_embeddings", "evaluate_adapter", "report_markdown", "plot_recall",
            "write_report", "KS"]
 
@@ -142,7 +144,7 @@ def plot_recall(report: dict, path: str) -> None:
     ax.set_title("BabelCLIP adapter vs teacher, held-out pairs")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
@@ -151,16 +153,13 @@ def write_report(report: dict, prefix: str | os.PathLike) -> dict[str, str]:
     prefix = os.fspath(prefix)
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     paths = {"json": prefix + ".json", "markdown": prefix + ".md", "chart": prefix + ".png"}
-    for kind, path in paths.items():
-        tmp = path + ".tmp"
-        if kind == "json":
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(_finite(report), f, indent=2, ensure_ascii=False)
-        elif kind == "markdown":
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(report_markdown(report))
-        else:
-            plot_recall(report, tmp + ".png")
-            os.replace(tmp + ".png", tmp)
-        os.replace(tmp, path)
+    atomic_write(paths["json"], lambda tmp: _write_text(tmp, json.dumps(_finite(report), indent=2,
+                                                                         ensure_ascii=False)), "report")
+    atomic_write(paths["markdown"], lambda tmp: _write_text(tmp, report_markdown(report)), "report")
+    atomic_write(paths["chart"], lambda tmp: plot_recall(report, tmp), "chart")
     return paths
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)

@@ -17,14 +17,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import torch
 
-from ..errors import InvalidDataError
+from ..errors import InvalidDataError, InvalidModelFileError
 from ..models.adapters import Adapter
+from ..models.files import atomic_write
 from .recipes import Batch, Recipe
 
 __all__ = ["TrainConfig", "TrainResult", "train", "lr_at", "atomic_torch_save"]
@@ -95,17 +95,8 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="tmp-", suffix=".part", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through :func:`~babelclip.models.files.atomic_write` (tensors and plain data only)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), "checkpoint")
 
 
 def _device(name: str) -> torch.device:
@@ -152,7 +143,15 @@ def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
     start, losses = 0, []
     if checkpoint and resume and os.path.exists(checkpoint):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001  (any unreadable checkpoint is the same problem to the user)
+            raise InvalidModelFileError(
+                f"Checkpoint {checkpoint!r} cannot be read ({type(e).__name__}: {str(e)[:120]}). It is damaged or "
+                f"not a BabelCLIP checkpoint: delete it to start the run over.") from None
+        if not isinstance(state, dict):
+            raise InvalidModelFileError(f"Checkpoint {checkpoint!r} is not a BabelCLIP checkpoint: delete it to start "
+                                        f"the run over.")
         if state.get("config") != dataclasses.asdict(config) or state.get("arch") != adapter.arch:
             raise InvalidDataError(f"Checkpoint {checkpoint!r} belongs to another run (other settings or architecture); "
                                    f"delete it or choose another output name.")
