@@ -55,12 +55,15 @@ class TrainConfig:
             problems.append(f"batch_size must be at least 1 (got {self.batch_size})")
         elif self.batch_size > examples:
             problems.append(f"batch_size {self.batch_size} is larger than the {examples} training examples")
-        if not 0 <= self.warmup < 1:
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            problems.append(f"checkpoint_every must be at least 1 (got {self.checkpoint_every})")
+        if not (isinstance(self.warmup, (int, float)) and 0 <= self.warmup < 1):
             problems.append(f"warmup must be a fraction in [0, 1) (got {self.warmup})")
-        if self.grad_clip < 0 or self.weight_decay < 0:
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in (self.grad_clip, self.weight_decay)):
             problems.append("grad_clip and weight_decay must not be negative")
         if problems:
-            raise InvalidDataError("Invalid training settings: " + "; ".join(problems) + ".")
+            raise InvalidDataError("Invalid training settings: " + "; ".join(problems) + ". Change them and start "
+                                   "the training again.")
 
 
 @dataclass
