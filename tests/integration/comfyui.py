@@ -135,10 +135,17 @@ class ComfyServer:
 
     def run(self, graph: dict, timeout: float = 300) -> dict:
         """Queue an API-format graph and wait for its /history entry."""
+        return self.wait(self.queue(graph), timeout)
+
+    def queue(self, graph: dict) -> str:
+        """Queue an API-format graph without waiting; returns its prompt id."""
         answer = self.post("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
         if "prompt_id" not in answer:
             raise AssertionError(f"/prompt refused the graph: {answer}")
-        pid = answer["prompt_id"]
+        return answer["prompt_id"]
+
+    def wait(self, pid: str, timeout: float = 300) -> dict:
+        """Wait for the /history entry of a queued prompt (finished with success or error)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             hist = self.get(f"/history/{pid}")
@@ -149,6 +156,14 @@ class ComfyServer:
                 raise RuntimeError(f"ComfyUI died while running a prompt:\n{self.log_tail()}")
             time.sleep(0.3)
         raise TimeoutError(f"prompt {pid} did not finish in {timeout}s:\n{self.log_tail()}")
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (VmRSS in /proc, Linux only)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS line in /proc/<pid>/status")
 
     def stop(self) -> None:
         if self.alive():
