@@ -26,6 +26,8 @@ __all__ = ["atomic_write", "TEMP_SUFFIX"]
 TEMP_SUFFIX = ".part"
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", -1)}
 _NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: new files get the permissions open() would give them, not mkstemp's 0600
 
 
 def _fsync(path: str) -> None:
@@ -44,13 +46,17 @@ def _fsync_dir(folder: str) -> None:
 
 
 def _reason(error: BaseException, folder: str) -> str:
-    code = getattr(error, "errno", None)
-    text = str(error)
+    chain, e = [], error
+    while e is not None and len(chain) < 10:  # torch reports a failed write as RuntimeError with the OSError inside
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    code = next((getattr(x, "errno", None) for x in chain if getattr(x, "errno", None)), None)
+    text = " ".join(str(x) for x in chain)
     if code in _NO_SPACE or "No space left" in text or "StorageFull" in text or "File too large" in text:
         return f"the disk is full. Free some space in {folder!r} or choose another folder"
     if code in _NO_ACCESS or "Permission denied" in text or "Read-only file system" in text:
         return f"{folder!r} is not writable. Choose a folder you can write to"
-    return f"{type(error).__name__}: {text[:200]}. Check the free space and permissions of {folder!r}"
+    return f"{type(error).__name__}: {str(error)[:200]}. Check the free space and permissions of {folder!r}"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], what: str = "file") -> str:
@@ -67,6 +73,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], what: st
         os.close(fd)
         write(tmp)
         _fsync(tmp)
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_UMASK)
         os.replace(tmp, path)
         tmp = None
         _fsync_dir(folder)

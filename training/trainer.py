@@ -99,7 +99,11 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
 
 def atomic_torch_save(obj, path: str) -> None:
     """``torch.save`` through :func:`~babelclip.models.files.atomic_write` (tensors and plain data only)."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp), "checkpoint")
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a Python file: a failed write surfaces as OSError (errno) inside torch's error
+            torch.save(obj, f)
+
+    atomic_write(path, write, "checkpoint")
 
 
 def _device(name: str) -> torch.device:
