@@ -482,3 +482,31 @@ def test_bom_crlf_and_empty_lines_are_read_correctly(tmp_path, content):
     path.write_bytes(content.encode("utf-8"))
     pairs = read_pairs(path)
     assert [(p.en, p.text, p.lang) for p in pairs] == [("a cat", "une chatte", "fr"), ("the sea", "la mer", "fr")]
+
+
+def _image(env: Env, name: str, size: tuple[int, int]) -> Path:
+    from PIL import Image
+
+    path = env.root / name
+    Image.new("L", size).save(path, optimize=True)
+    return path
+
+
+def test_image_files_that_are_not_images_or_decompression_bombs_are_typed_errors(env):
+    from PIL import Image
+
+    from babelclip.training.images import load_image
+
+    not_image = env.file("fake.png", b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    bomb = _image(env, "bomb.png", (1, 1))
+    before = fingerprint(env.root)
+    with pytest.raises(InvalidDataError, match="fake.png.*Replace it"):
+        load_image(str(not_image), 64)
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 0.4  # the 1x1 image is then over twice the limit: PIL's bomb error
+        with pytest.raises(InvalidDataError, match="bomb.png.*too large"):
+            load_image(str(bomb), 64)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    assert fingerprint(env.root) == before

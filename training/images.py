@@ -29,8 +29,12 @@ def load_image(path: str, size: int) -> torch.Tensor:
             left, top = (img.width - size) // 2, (img.height - size) // 2
             img = img.crop((left, top, left + size, top + size))
             data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    except (OSError, UnidentifiedImageError) as e:
-        raise InvalidDataError(f"Cannot read image {path!r}: {e}.") from None
+    except Image.DecompressionBombError as e:  # PIL's pixel limit: a tiny file that decodes to gigabytes
+        raise InvalidDataError(f"Image {path!r} is too large to decode safely ({e}). Resize it below "
+                               f"{Image.MAX_IMAGE_PIXELS:,} pixels.") from None
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise InvalidDataError(f"Cannot read image {path!r}: {e}. Replace it with a PNG, JPEG or WebP image, or "
+                               f"remove its row.") from None
     return data.view(size, size, 3).permute(2, 0, 1).float() / 127.5 - 1
 
 
