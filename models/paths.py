@@ -12,10 +12,10 @@ from typing import Iterable
 
 from ..errors import InvalidModelFileError, UnsafePathError
 
-__all__ = ["resolve_inside", "list_files", "list_model_folders"]
+__all__ = ["resolve_inside", "is_inside", "list_files", "list_model_folders"]
 
 
-def _inside(path: str, base: str) -> bool:
+def is_inside(path: str, base: str) -> bool:
     real, real_base = os.path.realpath(path), os.path.realpath(base)
     return real == real_base or real.startswith(real_base.rstrip(os.sep) + os.sep)
 
@@ -37,7 +37,7 @@ def resolve_inside(bases: Iterable[str], name: str, what: str = "model") -> str:
     for base in bases:
         path = os.path.join(base, *norm.split("/"))
         if os.path.lexists(path):
-            if not _inside(path, base):
+            if not is_inside(path, base):
                 raise UnsafePathError(
                     f"The {what} {name!r} is a link to {os.path.realpath(path)!r}, outside {base!r}. "
                     f"Copy the file into the folder instead of linking it out.")

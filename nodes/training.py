@@ -41,9 +41,16 @@ def _data_files() -> list[str]:
 
 def _pairs(data_file: str, text: str):
     if data_file and data_file != DATA_NONE:
-        from ..models.paths import resolve_inside
+        from ..errors import UnsafePathError
+        from ..models.paths import is_inside, resolve_inside
 
-        return dedup(read_pairs(resolve_inside([folder_paths.get_input_directory()], data_file, "data file")))
+        base = folder_paths.get_input_directory()
+        pairs = read_pairs(resolve_inside([base], data_file, "data file"))
+        for p in pairs:  # a data file in ComfyUI's input folder may only use images from that folder
+            if p.image is not None and not is_inside(p.image, base):
+                raise UnsafePathError(f"{p.where}: image {p.image!r} is outside ComfyUI's input folder {base!r}. Copy "
+                                      f"the image into the input folder and give its path relative to the data file.")
+        return dedup(pairs)
     return dedup(pairs_from_text(text, "the prompts box"))
 
 

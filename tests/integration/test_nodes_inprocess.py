@@ -169,3 +169,24 @@ def test_unet_recipe_trains_through_a_comfyui_model(comfy_nodes, sd1_clip, sd15_
     with torch.inference_mode():
         report, chart = evaluate.evaluate(sd1_clip, encoder, handle, "(use the text box)", rows)
     assert "| fr | 3 |" in report and chart.shape[-1] == 3
+
+
+@pytest.mark.badinput
+def test_training_data_may_not_pull_images_from_outside_the_input_folder(comfy_nodes, sd1_clip, tmp_path):
+    import folder_paths
+    from PIL import Image
+
+    from babelclip.errors import UnsafePathError
+
+    inputs, outside = tmp_path / "input", tmp_path / "private"
+    inputs.mkdir()
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "secret.png")
+    Image.new("RGB", (8, 8)).save(inputs / "ok.png")
+    (inputs / "pairs.tsv").write_text("en\ttext\timage\na cat\tun chat\tok.png\na dog\tun chien\t../private/secret.png\n")
+    folder_paths.set_input_directory(str(inputs))
+    encoder, _ = _load(comfy_nodes, "sd1.safetensors")
+    node = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPTrainAdapter"]()
+    with pytest.raises(UnsafePathError, match=r"pairs.tsv:3: image .*secret.png.* outside ComfyUI's input folder"):
+        node.train(sd1_clip, encoder, "altclip-kd", "linear", "pairs.tsv", "", 2, 1e-3, 1, 0, "escape")
+    assert not list(tmp_path.rglob("escape*.safetensors"))
