@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 
+import pytest
 import torch
 
+from babelclip.errors import InvalidDataError
 from babelclip.training.cache import FeatureStore
 
 
@@ -50,9 +53,74 @@ def test_interrupted_append_is_ignored(tmp_path):
     assert len(again) == 2 and again.missing(["a", "c"]) == ["c"]
 
 
-def test_memory_mapped_not_loaded(tmp_path):
+def test_read_from_the_file_not_loaded(tmp_path):
     store = FeatureStore(tmp_path, {"kind": "e"}, 8)
     store.fill([f"text {i}" for i in range(500)], lambda ts: [torch.ones(3, 8) for _ in ts], batch_size=100)
     assert os.path.getsize(store.data_path) == 500 * 3 * 8 * 4
     assert store.get("text 499").shape == (3, 8)
-    assert store._memmap().__class__.__name__ == "memmap"
+    assert store.get_many(["text 1", "text 2"]).shape == (2, 3, 8)
+    assert store.index.keys.nbytes + store.index.offsets.nbytes + store.index.rows.nbytes == 500 * 28
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS (Linux)")
+def test_reading_the_whole_store_does_not_grow_resident_memory(tmp_path):
+    """Pages of a memory-mapped file count as resident memory; positioned reads leave them to the OS."""
+    store = FeatureStore(tmp_path, {"kind": "e"}, 1024)
+    texts = [f"t{i}" for i in range(3000)]
+    store.fill(texts, lambda ts: [torch.full((4, 1024), 1.0) for _ in ts], batch_size=500)  # 49 MB on disk
+    store.get(texts[0])
+    before = _rss_mb()
+    for start in range(0, len(texts), 100):
+        store.get_many(texts[start: start + 100])
+    for t in texts[::3]:
+        store.get(t)
+    assert _rss_mb() - before < 16  # a mapping would hold the 49 MB just read
+
+
+def test_float16_store_round_trips_and_upcasts(tmp_path):
+    x = torch.randn(5, 16) * 100
+    store = FeatureStore(tmp_path, {"kind": "teacher"}, 16, dtype="float16")
+    store.add(["a"], [x])
+    assert os.path.getsize(store.data_path) == 5 * 16 * 2 and store.data_path.endswith(".f16")
+    got = FeatureStore(tmp_path, {"kind": "teacher"}, 16, dtype="float16").get("a")
+    assert got.dtype == torch.float32 and torch.equal(got, x.half().float())
+    torch.testing.assert_close(got, x, rtol=1e-3, atol=1e-3)
+    with pytest.raises(InvalidDataError, match="float16"):
+        store.add(["big"], [torch.full((1, 16), 1e5)])  # would be stored as inf
+    assert "big" not in store
+
+
+def test_dtype_and_layout_are_part_of_the_key(tmp_path):
+    """A store written in one dtype or layout is never read as another."""
+    calls = []
+    key = {"kind": "teacher", "fingerprint": "A", "layout": "mean+pooled"}
+    FeatureStore(tmp_path, key, 4, dtype="float16").fill(["x"], _model(calls))
+    for other, dtype in ((key, "float32"), ({**key, "layout": "tokens77"}, "float16")):
+        store = FeatureStore(tmp_path, other, 4, dtype=dtype)
+        assert "x" not in store and len(store) == 0
+        store.fill(["x"], _model(calls))
+    assert len(calls) == 3 and len({p.name for p in tmp_path.iterdir()}) == 3
+
+
+def test_a_folder_holding_another_key_is_refused(tmp_path):
+    store = FeatureStore(tmp_path, {"kind": "e", "layout": "a"}, 4)
+    with open(os.path.join(store.folder, "key.json"), "w") as f:
+        json.dump({**store.key, "layout": "b"}, f)
+    with pytest.raises(InvalidDataError, match="another kind"):
+        FeatureStore(tmp_path, {"kind": "e", "layout": "a"}, 4)
+
+
+def test_a_text_added_again_reads_its_latest_rows(tmp_path):
+    store = FeatureStore(tmp_path, {"kind": "e"}, 2)
+    store.add(["a", "b", "a"], [torch.zeros(1, 2), torch.ones(2, 2), torch.full((3, 2), 2.0)])
+    store.add(["b"], [torch.full((1, 2), 5.0)])
+    for s in (store, FeatureStore(tmp_path, {"kind": "e"}, 2)):
+        assert len(s) == 2
+        assert torch.equal(s.get("a"), torch.full((3, 2), 2.0)) and torch.equal(s.get("b"), torch.full((1, 2), 5.0))
+    with pytest.raises(KeyError):
+        store.get("c")
