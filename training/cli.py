@@ -67,7 +67,7 @@ def _bar(desc: str):
     return update
 
 
-def _features(args, pairs, encoder, teacher, layer):
+def _features(args, pairs, encoder, teacher, layer, teacher_layout="tokens"):
     from .features import prepare_text_features
 
     bars = {}
@@ -76,7 +76,7 @@ def _features(args, pairs, encoder, teacher, layer):
         bars.setdefault(name, _bar(f"caching {name} features"))(done, total)
 
     return prepare_text_features(pairs, encoder, teacher, args.cache_dir, layer=layer, batch_size=args.batch_size,
-                                 progress=progress)
+                                 progress=progress, teacher_layout=teacher_layout)
 
 
 class _SingleProcess:
@@ -100,7 +100,7 @@ def _process_state(device: str):
 
 def cmd_cache(args) -> int:
     encoder, teacher, pairs, layer = _load(args)
-    feats = _features(args, pairs, encoder, teacher, layer)
+    feats = _features(args, pairs, encoder, teacher, layer, args.teacher_layout)
     print(f"cached {len(feats.encoder_store)} encoder and {len(feats.teacher_store)} teacher entries in {args.cache_dir}")
     return 0
 
@@ -151,6 +151,7 @@ def cmd_train(args) -> int:
     from ..models import build_adapter, save_adapter
     from .data import split_pairs
     from .evaluation import evaluate_adapter, report_markdown, write_report
+    from .features import teacher_layout_for
     from .recipes import get_recipe
     from .trainer import TrainConfig, train
 
@@ -173,8 +174,10 @@ def cmd_train(args) -> int:
     if not isinstance(state, _SingleProcess) and state.is_main_process:
         print(f"data parallel over {state.num_processes} processes (accelerate)")
     with state.main_process_first():  # under `accelerate launch`, the main process fills the caches first
-        train_feats = _features(args, train_pairs, encoder, teacher, layer)
-        val_feats = _features(args, val_pairs, encoder, teacher, layer) if val_pairs else None
+        # the teacher's 77 tokens are cached only when the recipe and adapter read them (features.py)
+        train_feats = _features(args, train_pairs, encoder, teacher, layer, teacher_layout_for(adapter, recipe))
+        val_feats = (_features(args, val_pairs, encoder, teacher, layer, teacher_layout_for(adapter))
+                     if val_pairs else None)
         unet = None
         if recipe.needs_unet:
             unet, train_feats = _unet_and_latents(args, train_pairs, train_feats)
@@ -224,10 +227,12 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from ..models import load_adapter
     from .evaluation import evaluate_adapter, report_markdown, write_report
+    from .features import teacher_layout_for
 
     encoder, teacher, pairs, layer = _load(args)
     adapter = load_adapter(args.adapter, encoder=encoder.info, family=teacher.family)
-    feats = _features(args, pairs, encoder, teacher, adapter.spec.layer if args.layer == "last" else layer)
+    feats = _features(args, pairs, encoder, teacher, adapter.spec.layer if args.layer == "last" else layer,
+                      teacher_layout_for(adapter))
     report = evaluate_adapter(adapter, feats)
     flat = {lang: {k: m[k] for k in ("r@1", "r@5", "r@10", "mean_recall", "cosine")}
             for lang, m in report["languages"].items()}
@@ -282,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="compute and cache the frozen teacher and encoder features")
     _common(p)
+    p.add_argument("--teacher-layout", choices=["tokens", "mean"], default="tokens",
+                   help="tokens: also the teacher's 77 tokens (every recipe and adapter); mean: only their mean and the "
+                        "pooled vector, 40x smaller (altclip-kd with linear/mlp/bottleneck, mclip-trikd, mulan)")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("train", help="distill an adapter against a checkpoint's CLIP")

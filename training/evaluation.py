@@ -120,9 +120,11 @@ def evaluate_adapter(adapter, features) -> dict:
         student.append(out.pooled.float().cpu())
         for i in range(out.cond.shape[0]):
             st.append(out.cond[i][out.mask[i].bool()].float().cpu())
-            tt.append(batch.teacher_cond[i])
+            if batch.teacher_cond is not None:  # cached without the teacher's tokens: no token MSE
+                tt.append(batch.teacher_cond[i])
     langs = [p.lang for p in features.pairs]
-    return evaluate_embeddings(torch.cat(teacher), torch.cat(student), langs, teacher_tokens=tt, student_tokens=st)
+    return evaluate_embeddings(torch.cat(teacher), torch.cat(student), langs, teacher_tokens=tt if tt else None,
+                               student_tokens=st)
 
 
 def plot_recall(report: dict, path: str) -> None:

@@ -1,8 +1,22 @@
 """Frozen features for text recipes: the encoder on target texts, the teacher on English texts.
 
-Both go through :class:`~babelclip.training.cache.FeatureStore`, so each unique
-text runs through each frozen model once; :class:`TextFeatures` then serves
-padded training batches from the memory-mapped files.
+Everything goes through :class:`~babelclip.training.cache.FeatureStore`, so each
+unique text runs through each frozen model once; :class:`TextFeatures` then
+serves padded training batches from the files.
+
+The teacher's output is cached in one or two stores, in ``float16``:
+
+* ``mean+pooled`` (always): the mean of its 77 tokens and its pooled vector,
+  2 rows per text (3 KB for SD1.x). This is all that ``altclip-kd`` reads for
+  token-aligned adapters (``linear``, ``mlp``, ``bottleneck``: they are matched
+  on the mean token) and all that ``mclip-trikd`` reads (the pooled vector);
+* ``tokens77`` (layout ``"tokens"`` only): the 77 tokens, 77 rows per text
+  (118 KB for SD1.x), for what compares token by token: ``altclip-kd`` with the
+  ``resampler``, the UNet recipes, and the token MSE of the evaluation.
+
+:func:`teacher_layout_for` says which layout a recipe and adapter need. The
+``float32`` cache of 77 tokens + pooled that came before took 240 KB per text
+(24 GB for 100k prompts); with layout ``"mean"`` 100k prompts take 300 MB.
 """
 
 from __future__ import annotations
@@ -18,9 +32,13 @@ from .cache import FeatureStore
 from .data import Pair
 from .recipes import Batch
 
-__all__ = ["Teacher", "TextFeatures", "prepare_text_features", "CLIP_TOKENS"]
+__all__ = ["Teacher", "TextFeatures", "prepare_text_features", "teacher_layout_for", "TEACHER_LAYOUTS",
+           "CLIP_TOKENS"]
 
 CLIP_TOKENS = 77
+#: ``"mean"``: token mean + pooled only; ``"tokens"``: also the 77 tokens.
+TEACHER_LAYOUTS = ("mean", "tokens")
+TEACHER_DTYPE = "float16"
 
 
 class Teacher(Protocol):
@@ -33,6 +51,14 @@ class Teacher(Protocol):
     def encode(self, texts: Sequence[str]): ...  # -> TeacherOutput(cond [B, 77, D], pooled [B, P])
 
 
+def teacher_layout_for(adapter, recipe=None) -> str:
+    """The teacher layout training ``adapter`` with ``recipe`` reads; without a recipe, what the evaluation
+    of ``adapter`` reads (its token MSE compares 77 tokens only for adapters that emit 77 tokens)."""
+    if recipe is not None:
+        return recipe.teacher_layout(adapter)
+    return "mean" if adapter.token_aligned else "tokens"
+
+
 def _encoder_compute(encoder: MultilingualEncoder, layer: LayerSpec):
     room = encoder.max_length - encoder.special_tokens
 
@@ -43,55 +69,95 @@ def _encoder_compute(encoder: MultilingualEncoder, layer: LayerSpec):
     return compute
 
 
-def _teacher_compute(teacher: Teacher):
-    def compute(texts: list[str]) -> list[torch.Tensor]:
-        out = teacher.encode(texts)
-        cond, pooled = out.cond.float(), out.pooled.float()
-        if cond.shape[1] < CLIP_TOKENS:
-            raise ValueError(f"the teacher returned {cond.shape[1]} tokens, expected at least {CLIP_TOKENS}")
-        row = torch.zeros(cond.shape[0], 1, cond.shape[2])
-        row[:, 0, : pooled.shape[1]] = pooled  # pooled stored as one extra row, zero-padded to the cond width
-        return list(torch.cat([cond[:, :CLIP_TOKENS].cpu(), row], 1))
-    return compute
+def _teacher_outputs(teacher: Teacher, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens [B, 77, D], summary [B, 2, D])``: the summary is the token mean and the zero-padded pooled."""
+    out = teacher.encode(texts)
+    cond, pooled = out.cond.float().cpu(), out.pooled.float().cpu()
+    if cond.shape[1] < CLIP_TOKENS:
+        raise ValueError(f"the teacher returned {cond.shape[1]} tokens, expected at least {CLIP_TOKENS}")
+    if pooled.shape[1] > cond.shape[2]:
+        raise ValueError(f"the teacher's pooled width {pooled.shape[1]} exceeds its token width {cond.shape[2]}")
+    cond = cond[:, :CLIP_TOKENS]
+    summary = torch.zeros(cond.shape[0], 2, cond.shape[2])
+    summary[:, 0] = cond.mean(1)
+    summary[:, 1, : pooled.shape[1]] = pooled
+    return cond, summary
+
+
+def _fill_teacher(summary: FeatureStore, tokens: FeatureStore | None, texts: Sequence[str], teacher: Teacher, *,
+                  batch_size: int, progress: Callable[[int, int], None] | None,
+                  should_stop: Callable[[], bool] | None) -> int:
+    """One teacher pass over the texts missing from either store; each store gets what it lacks."""
+    need_summary = set(summary.missing(texts))
+    need_tokens = set(tokens.missing(texts)) if tokens is not None else set()
+    todo = [t for t in dict.fromkeys(texts) if t in need_summary or t in need_tokens]
+    for start in range(0, len(todo), batch_size):
+        if should_stop is not None and should_stop():
+            break
+        batch = todo[start: start + batch_size]
+        cond, summ = _teacher_outputs(teacher, batch)
+        rows = [i for i, t in enumerate(batch) if t in need_summary]
+        summary.add([batch[i] for i in rows], [summ[i] for i in rows])
+        if tokens is not None:
+            rows = [i for i, t in enumerate(batch) if t in need_tokens]
+            tokens.add([batch[i] for i in rows], [cond[i] for i in rows])
+        if progress is not None:
+            progress(min(start + batch_size, len(todo)), len(todo))
+    return len(todo)
 
 
 class TextFeatures:
-    """Training examples backed by two feature stores; ``batch(indices)`` pads and stacks them."""
+    """Training examples backed by the feature stores; ``batch(indices)`` pads and stacks them.
+
+    ``teacher_store`` holds the teacher's token mean and pooled vector; ``tokens_store`` (or None) its 77 tokens.
+    """
 
     def __init__(self, pairs: Sequence[Pair], encoder_store: FeatureStore, teacher_store: FeatureStore,
-                 family: TargetFamily):
+                 family: TargetFamily, tokens_store: FeatureStore | None = None):
         self.pairs, self.encoder_store, self.teacher_store, self.family = list(pairs), encoder_store, teacher_store, family
+        self.tokens_store = tokens_store
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def batch(self, indices: Sequence[int]) -> Batch:
         hidden = [self.encoder_store.get(self.pairs[i].text) for i in indices]
-        teacher = torch.stack([self.teacher_store.get(self.pairs[i].en) for i in indices])
+        english = [self.pairs[i].en for i in indices]
+        summary = self.teacher_store.get_many(english)
         width = max(h.shape[0] for h in hidden)
         h = torch.zeros(len(hidden), width, hidden[0].shape[1])
         mask = torch.zeros(len(hidden), width, dtype=torch.long)
         for row, x in enumerate(hidden):
             h[row, : x.shape[0]] = x
             mask[row, : x.shape[0]] = 1
-        return Batch(h, mask, teacher[:, :CLIP_TOKENS], teacher[:, CLIP_TOKENS, : self.family.pooled_dim])
+        cond = self.tokens_store.get_many(english) if self.tokens_store is not None else None
+        return Batch(h, mask, cond, summary[:, 1, : self.family.pooled_dim], teacher_mean=summary[:, 0])
 
 
 def prepare_text_features(pairs: Sequence[Pair], encoder: MultilingualEncoder, teacher: Teacher,
                           cache_dir: str | os.PathLike, *, layer: LayerSpec = "last", batch_size: int = 32,
                           progress: Callable[[str, int, int], None] | None = None,
-                          should_stop: Callable[[], bool] | None = None) -> TextFeatures:
-    """Fill the caches for ``pairs`` (only what is missing) and return the batch server."""
+                          should_stop: Callable[[], bool] | None = None,
+                          teacher_layout: str = "tokens") -> TextFeatures:
+    """Fill the caches for ``pairs`` (only what is missing) and return the batch server.
+
+    ``teacher_layout``: ``"tokens"`` caches the teacher's 77 tokens too (every recipe and adapter can train on
+    it); ``"mean"`` only its token mean and pooled vector (see :func:`teacher_layout_for`), 40x smaller.
+    """
+    if teacher_layout not in TEACHER_LAYOUTS:
+        raise ValueError(f"teacher_layout must be one of {TEACHER_LAYOUTS}, not {teacher_layout!r}")
     enc_store = FeatureStore(cache_dir, {"kind": "encoder", "fingerprint": encoder.info.fingerprint,
                                          "model_type": encoder.info.model_type, "layer": str(layer),
                                          "max_length": encoder.max_length}, encoder.info.hidden_size)
-    teacher_store = FeatureStore(cache_dir, {"kind": "teacher", "family": teacher.family.name,
-                                             "fingerprint": teacher.fingerprint,
-                                             "clip_skip": str(getattr(teacher, "clip_skip", None))},
-                                 teacher.family.cond_dim)
+    identity = {"kind": "teacher", "family": teacher.family.name, "fingerprint": teacher.fingerprint,
+                "clip_skip": str(getattr(teacher, "clip_skip", None))}
+    summary_store = FeatureStore(cache_dir, {**identity, "layout": "mean+pooled"}, teacher.family.cond_dim,
+                                 TEACHER_DTYPE)
+    tokens_store = (FeatureStore(cache_dir, {**identity, "layout": f"tokens{CLIP_TOKENS}"}, teacher.family.cond_dim,
+                                 TEACHER_DTYPE) if teacher_layout == "tokens" else None)
     report = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
     enc_store.fill([p.text for p in pairs], _encoder_compute(encoder, layer), batch_size=batch_size,
                    progress=report("encoder"), should_stop=should_stop)
-    teacher_store.fill([p.en for p in pairs], _teacher_compute(teacher), batch_size=batch_size,
-                       progress=report("teacher"), should_stop=should_stop)
-    return TextFeatures(pairs, enc_store, teacher_store, teacher.family)
+    _fill_teacher(summary_store, tokens_store, [p.en for p in pairs], teacher, batch_size=batch_size,
+                  progress=report("teacher"), should_stop=should_stop)
+    return TextFeatures(pairs, enc_store, summary_store, teacher.family, tokens_store)

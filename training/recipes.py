@@ -41,6 +41,7 @@ class Batch:
     image_embeds: torch.Tensor | None = None  # [B, P] CLIP image embeddings (mclip-trikd with images)
     latents: torch.Tensor | None = None  # [B, 4, h, w] VAE latents of the images (UNet recipes)
     extra: dict = field(default_factory=dict)
+    teacher_mean: torch.Tensor | None = None  # [B, D] mean of the teacher's 77 tokens (cached without them)
 
     def to(self, device, dtype=None) -> "Batch":
         def move(x):
@@ -48,7 +49,14 @@ class Batch:
                 return x
             return x.to(device, dtype) if (dtype is not None and x.is_floating_point()) else x.to(device)
         return Batch(*(move(getattr(self, f)) for f in ("hidden", "mask", "teacher_cond", "teacher_pooled",
-                                                          "image_embeds", "latents")), extra=self.extra)
+                                                          "image_embeds", "latents")), extra=self.extra,
+                     teacher_mean=move(self.teacher_mean))
+
+    def teacher_token_mean(self) -> torch.Tensor:
+        """``[B, D]`` the mean of the teacher's tokens, cached or computed from ``teacher_cond``."""
+        if self.teacher_mean is not None:
+            return self.teacher_mean
+        return self.teacher_cond.float().mean(1)
 
 
 class Recipe:
@@ -62,6 +70,11 @@ class Recipe:
 
     def loss(self, adapter: Adapter, batch: Batch, unet=None) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def teacher_layout(self, adapter: Adapter) -> str:
+        """What of the teacher's output the loss reads for ``adapter``: ``"tokens"`` (its 77 tokens) or
+        ``"mean"`` (only their mean and the pooled vector), which decides what the feature cache keeps."""
+        return "tokens"
 
     @staticmethod
     def trainable_parameters(adapter: Adapter) -> int:
@@ -107,17 +120,27 @@ class AltClipKD(Recipe):
     def __init__(self, token_weight: float = 1.0):
         self.token_weight = token_weight
 
+    def teacher_layout(self, adapter):
+        # token-aligned adapters are matched on the mean token only
+        return "mean" if adapter.token_aligned else "tokens"
+
     def loss(self, adapter, batch, unet=None):
-        _need(batch, "teacher_cond", "teacher_pooled", recipe=self.name)
+        _need(batch, "teacher_pooled", recipe=self.name)
+        token_aligned = getattr(adapter, "module", adapter).token_aligned  # (DistributedDataParallel wraps it)
+        if token_aligned:
+            if batch.teacher_cond is None and batch.teacher_mean is None:
+                _need(batch, "teacher_cond", recipe=self.name)
+        else:
+            _need(batch, "teacher_cond", recipe=self.name)  # the resampler's tokens are matched one by one
         out = adapter(batch.hidden, batch.mask)
         pooled_loss = F.mse_loss(out.pooled.float(), batch.teacher_pooled.float())
-        if out.cond.shape[1] == batch.teacher_cond.shape[1] and not adapter.token_aligned:
+        if not token_aligned and out.cond.shape[1] == batch.teacher_cond.shape[1]:
             # fixed-length adapters (resampler, 77 queries): token by token
             token_loss = F.mse_loss(out.cond.float(), batch.teacher_cond.float())
         else:
             # token-aligned adapters follow the encoder's tokenization, which has no 1:1 map to CLIP's
             # tokens: match the mean token, the part of the sequence cross-attention averages over
-            token_loss = F.mse_loss(masked_mean(out.cond.float(), out.mask), batch.teacher_cond.float().mean(1))
+            token_loss = F.mse_loss(masked_mean(out.cond.float(), out.mask), batch.teacher_token_mean().float())
         loss = pooled_loss + self.token_weight * token_loss
         return loss, {"pooled_mse": pooled_loss.item(), "token_mse": token_loss.item()}
 
@@ -137,6 +160,9 @@ class MClipTriKD(Recipe):
 
     def __init__(self, temperature: float = 0.05, ttc_weight: float = 0.1):
         self.temperature, self.ttc_weight = temperature, ttc_weight
+
+    def teacher_layout(self, adapter):
+        return "mean"  # only the pooled vector is read
 
     def loss(self, adapter, batch, unet=None):
         _need(batch, "teacher_pooled", recipe=self.name)

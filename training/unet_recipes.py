@@ -77,6 +77,9 @@ class MuLan(_UNetRecipe):
     approach = "MuLan language adapter (denoising loss, English image-text only)"
     loss_formula = "MSE(eps_s, eps)"
 
+    def teacher_layout(self, adapter):
+        return "mean"  # the teacher's tokens are not read
+
     def loss(self, adapter, batch, unet=None):
         x, noise, t = self._noised(batch, unet)
         out = adapter(batch.hidden, batch.mask)
