@@ -118,6 +118,12 @@ def files(comfy, sd15_folder, encoders, encoder_dirs, tmp_path_factory):
     (data / "ragged.tsv").write_text("en\ttext\tlang\na red cat\tun chat rouge\tfr\textra\tcells\n", encoding="utf-8")
     (data / "missing-image.tsv").write_text("en\ttext\tlang\timage\na red cat\tun chat rouge\tfr\tnot-here.png\n",
                                             encoding="utf-8")
+    (data / "latin1.tsv").write_bytes("en\ttext\tlang\na red cat\tune chatte ros\u00e9e\tfr\n".encode("latin-1"))
+    (data / "huge-cell.tsv").write_text("en\ttext\tlang\na red cat\t" + "chat " * 60_000 + "\tfr\n", encoding="utf-8")
+    (data / "nested.jsonl").write_text('{"en": "a red cat", "text": ' + "[" * 5000 + "]" * 5000 + "}\n",
+                                       encoding="utf-8")
+    (outside / "elsewhere.tsv").write_text("en\ttext\tlang\na red cat\tun chat rouge\tfr\n", encoding="utf-8")
+    os.symlink(outside / "elsewhere.tsv", data / "linked-out.tsv")
     f.before = {"babelclip": _snapshot(f.adapters), "input": _snapshot(data)}
     return f
 
@@ -207,6 +213,10 @@ CASES = [
     train_case("train-data-wrong-columns", data_file="wrong-columns.tsv", needle="wrong-columns.tsv"),
     train_case("train-data-ragged-row", data_file="ragged.tsv", needle="ragged.tsv"),
     train_case("train-data-missing-image", data_file="missing-image.tsv", needle="not-here.png"),
+    train_case("train-data-not-utf8", data_file="latin1.tsv", needle="latin1.tsv"),
+    train_case("train-data-300k-char-cell", data_file="huge-cell.tsv", needle="huge-cell.tsv"),
+    train_case("train-data-json-nested-5000-deep", data_file="nested.jsonl", needle="nested.jsonl"),
+    train_case("train-data-symlink-out", data_file="linked-out.tsv", error="UnsafePathError", needle="linked-out.tsv"),
     train_case("train-data-missing-file", data_file="missing.tsv", refused=True),
     train_case("train-data-dotdot", data_file="../input/ragged.tsv", refused=True),
     train_case("train-prompts-box-too-many-cells", prompts="a\tb\tc\td\te", needle="prompts box"),
