@@ -48,6 +48,7 @@ MAX_DIM = 65536  # any width or count in an arch_config
 MAX_LAYERS = 64
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 _REQUIRED = ("format_version", "arch", "arch_config", "encoder", "target")
+_NOTED: set[tuple[str, str]] = set()
 
 
 @dataclass
@@ -263,7 +264,8 @@ def check_compatible(spec: AdapterSpec, encoder: EncoderInfo | None = None,
             f"Adapter {spec.name!r} was trained on encoder {theirs.get('name')!r} (fingerprint "
             f"{theirs.get('fingerprint')}) but the connected encoder {encoder.name!r} has a different vocabulary "
             f"or size (fingerprint {encoder.fingerprint}). Load the encoder the adapter was trained with.")
-    if theirs.get("name") and theirs.get("name") != encoder.name:
+    if theirs.get("name") and theirs.get("name") != encoder.name and (spec.path, encoder.name) not in _NOTED:
+        _NOTED.add((spec.path, encoder.name))  # once per adapter and encoder, not on every encode
         log.info("Adapter %s was trained on a folder named %r; using identical encoder %r.",
                  spec.name, theirs.get("name"), encoder.name)
 

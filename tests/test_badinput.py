@@ -242,6 +242,8 @@ CASES = [
         InvalidModelFileError, ("remote", "custom code", "use a standard")),
     Bad("encoder-pickle-weights-only", lambda e: _pickle_weights(e.encoder_copy("pkl")), ENCODER,
         InvalidModelFileError, ("pkl", "pickle", "Download the safetensors version")),
+    Bad("encoder-pickle-renamed-to-safetensors", lambda e: _renamed_pickle_weights(e.encoder_copy("zipw")), ENCODER,
+        InvalidModelFileError, ("zipw", "pickle", "download the real safetensors")),
     Bad("encoder-unsupported-architecture", lambda e: e.encoder_copy("gpt", config={"model_type": "gpt2"}), ENCODER,
         UnsupportedModelError, ("gpt", "gpt2", "supports")),
     # --- prompts --------------------------------------------------------------------------------------
@@ -388,6 +390,12 @@ def _pickle_weights(folder: Path) -> Path:
     for p in folder.glob("*.safetensors"):
         p.unlink()
     (folder / "pytorch_model.bin").write_bytes(torch_zip_bytes())
+    return folder
+
+
+def _renamed_pickle_weights(folder: Path) -> Path:
+    for p in folder.glob("*.safetensors"):
+        p.write_bytes(torch_zip_bytes())
     return folder
 
 
