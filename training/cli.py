@@ -136,8 +136,14 @@ def _unet_and_latents(args, pairs, text_features):
         from diffusers import AutoencoderKL, UNet2DConditionModel
     except ImportError:
         raise BabelClipError("UNet recipes from the command line need diffusers: pip install diffusers") from None
-    unet = UNet2DConditionModel.from_pretrained(os.path.join(args.teacher, "unet"), local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(os.path.join(args.teacher, "vae"), local_files_only=True)
+    try:  # safetensors only: a folder with just diffusion_pytorch_model.bin is refused, never unpickled
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(args.teacher, "unet"), local_files_only=True,
+                                                    use_safetensors=True)
+        vae = AutoencoderKL.from_pretrained(os.path.join(args.teacher, "vae"), local_files_only=True,
+                                            use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise BabelClipError(f"Cannot load the UNet/VAE of {args.teacher!r} ({str(e)[:200]}). It needs "
+                             f"unet/ and vae/ with config.json and .safetensors weights.") from None
     encode, channels, factor = diffusers_vae_encoder(vae.float())
     fingerprint = tensor_hash(vae.state_dict())[:16]
     latents = prepare_latents(pairs, encode, channels, factor, args.cache_dir, fingerprint, args.resolution,
