@@ -70,6 +70,7 @@ def tokenize_prompt(encoder: MultilingualEncoder, prompt: str) -> _Prompt:
     return _Prompt(chunks, weights)
 
 
+@torch.no_grad()  # inference only: no autograd graph through the adapter, whoever calls it
 def encode_prompts(encoder: MultilingualEncoder, adapter: Adapter, prompts: Sequence[str], *,
                    layer: LayerSpec | None = None, check_interrupt: Callable[[], None] | None = None,
                    batch_size: int = 16) -> Conditioning:

@@ -77,6 +77,14 @@ class EncodedBatch:
     input_ids: torch.Tensor
 
 
+class _StopForward(Exception):
+    """Carries the output of the last block a forward pass needs."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
 def resolve_layer(layer: LayerSpec, num_layers: int) -> int:
     """Turn a layer spec into an index into ``hidden_states`` (length ``num_layers + 1``)."""
     if isinstance(layer, str):
@@ -178,10 +186,34 @@ class MultilingualEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 layer: LayerSpec = "last") -> torch.Tensor:
         index = resolve_layer(layer, self.info.num_layers)
-        want_all = index != self.info.num_layers
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         output_hidden_states=want_all, return_dict=True)
-        return out.hidden_states[index] if want_all else out.last_hidden_state
+        if index == self.info.num_layers:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+        blocks = self._blocks()
+        if index == 0 or blocks is None:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                             return_dict=True)
+            return out.hidden_states[index]
+        # Layer ``index`` is the output of block ``index - 1``: stop there instead of running the blocks after it
+        # (and keeping every layer's states), which an adapter trained on an earlier layer never reads.
+        def stop(module, args, output):
+            raise _StopForward(output[0] if isinstance(output, tuple) else output)
+
+        handle = blocks[index - 1].register_forward_hook(stop)
+        try:
+            self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        except _StopForward as done:
+            return done.hidden
+        finally:
+            handle.remove()
+        raise RuntimeError(f"block {index - 1} of {self.info.name!r} never ran")  # pragma: no cover
+
+    def _blocks(self) -> nn.ModuleList | None:
+        """The transformer blocks in order (BERT-family ``encoder.layer``, T5-family ``encoder.block``)."""
+        enc = getattr(self.model, "encoder", None)
+        blocks = getattr(enc, "layer", None) if enc is not None else None
+        if blocks is None and enc is not None:
+            blocks = getattr(enc, "block", None)
+        return blocks if isinstance(blocks, nn.ModuleList) and len(blocks) == self.info.num_layers else None
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], layer: LayerSpec = "last") -> EncodedBatch:
