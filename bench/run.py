@@ -276,55 +276,22 @@ def bench_training(args, device, work) -> dict:
     return {"matmul_flops_per_s": peak, "rows": rows}
 
 
-SCALE_SCRIPT = r'''
-import json, os, sys, time, itertools, torch
-from babelclip.models import FAMILIES, build_adapter, load_encoder
-from babelclip.models.adapters import masked_mean
-from babelclip.models.teacher import TeacherOutput
-from babelclip.training.data import Pair
-from babelclip.training.features import prepare_text_features
-from babelclip.training.recipes import get_recipe
-from babelclip.training.trainer import TrainConfig, train
-n, enc_dir, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-words = "red blue green old tiny golden cat house ship tree dragon lamp night snow hill sea forest moon river city".split()
-texts = [" ".join(c) + f" {i}" for i, c in zip(range(n), itertools.cycle(itertools.product(words, repeat=3)))]
-enc = load_encoder(enc_dir)
-class Teacher:
-    family, fingerprint, clip_skip = FAMILIES["sd1"], "scale", None
-    def __init__(self):
-        g = torch.Generator().manual_seed(0); self.w = torch.randn(enc.info.hidden_size, 768, generator=g)
-    def encode(self, ts):
-        out = enc.encode(ts); m = masked_mean(out.hidden, out.mask) @ self.w
-        return TeacherOutput(m.unsqueeze(1).expand(-1, 77, -1).contiguous(), m)
-def hwm():  # peak RSS of this process in MB (VmHWM restarts at exec, unlike ru_maxrss on Linux)
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
-pairs = [Pair(t, t, "en") for t in texts]
-rss0 = hwm()
-t0 = time.perf_counter()
-feats = prepare_text_features(pairs, enc, Teacher(), cache, batch_size=256)
-t1 = time.perf_counter()
-ad = build_adapter("mlp", enc.info.hidden_size, FAMILIES["sd1"])
-train(ad, get_recipe("altclip-kd"), feats, TrainConfig(steps=max(1, n // 256), batch_size=256, lr=1e-3))
-t2 = time.perf_counter()
-print(json.dumps({"prompts": n, "cache_s": t1 - t0, "epoch_s": t2 - t1, "rss_before_mb": rss0,
-                  "peak_rss_mb": hwm()}))
-'''
-
-
 def bench_scaling(args, work) -> dict:
+    """bench/scaling.py once per corpus size, each in a fresh process (peak RSS per size)."""
+    import shutil
+
     from babelclip.models.tiny import build_tiny_encoder
 
     enc_dir = build_tiny_encoder(os.path.join(work, "tiny-enc"), "xlm-roberta", max_positions=64)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scaling.py")
     rows = []
     for n in args.scaling_sizes:
         cache = tempfile.mkdtemp(dir=work)
         try:
-            out = subprocess.run([sys.executable, "-c", SCALE_SCRIPT, str(n), enc_dir, cache], capture_output=True,
-                                 text=True, check=True)
+            out = subprocess.run([sys.executable, script, str(n), enc_dir, cache], capture_output=True, text=True,
+                                 check=True)
         finally:
-            import shutil
-
-            shutil.rmtree(cache, ignore_errors=True)  # ~240 KB of teacher features per prompt
+            shutil.rmtree(cache, ignore_errors=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  scaling {n}: {rows[-1]}", flush=True)
     return {"rows": rows}
@@ -394,9 +361,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="fewer sizes (no XLM-R-large, no 100k corpus)")
     parser.add_argument("--only", nargs="*", choices=["encode", "peers", "training", "scaling", "memory"])
-    parser.add_argument("--scaling-sizes", nargs="+", type=int, default=[1000, 10000],
-                        help="corpus sizes for the scaling run; 100000 needs about 24 GB of free disk for the cache")
+    parser.add_argument("--scaling-sizes", nargs="+", type=int, default=[1000, 10000, 100000],
+                        help="corpus sizes for the scaling run (100000: about 5 min and 0.5 GB of disk on 2 CPU cores)")
+    parser.add_argument("--tag", default="", help="save results as NAME-TAG.json and write no summary (e.g. 'before' "
+                                                  "for a run of an older BabelCLIP on PYTHONPATH; see BENCHMARKS.md)")
     args = parser.parse_args(argv)
+    if args.quick and "--scaling-sizes" not in (argv if argv is not None else sys.argv):
+        args.scaling_sizes = [1000, 10000]
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but CUDA is not available")
@@ -409,7 +380,7 @@ def main(argv=None) -> int:
     steps = {"encode": lambda: bench_encode(args, device, work), "peers": lambda: bench_peers(args, device, work),
              "training": lambda: bench_training(args, device, work), "scaling": lambda: bench_scaling(args, work),
              "memory": lambda: bench_memory(args, work)}
-    suffix = "" if device.type == "cpu" else "-" + device.type
+    suffix = ("" if device.type == "cpu" else "-" + device.type) + (f"-{args.tag}" if args.tag else "")
     for name, fn in steps.items():
         if args.only and name not in args.only:
             continue
@@ -421,7 +392,7 @@ def main(argv=None) -> int:
         if name not in results and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 results[name] = json.load(f)
-    if all(k in results for k in steps):
+    if all(k in results for k in steps) and not args.tag:
         summary = {**summarise(*(results[k] for k in steps)), "environment": results["environment"]}
         print(json.dumps(summary, indent=2))
         save("summary" + suffix, summary)

@@ -79,6 +79,11 @@ def main(argv=None) -> int:
     from babelclip.models.teacher import TeacherOutput
     from babelclip.training.data import Pair
     from babelclip.training.features import prepare_text_features
+
+    try:
+        from babelclip.training.features import teacher_layout_for
+    except ImportError:
+        teacher_layout_for = None
     from babelclip.training.recipes import get_recipe
     from babelclip.training.trainer import TrainConfig, train
 
@@ -100,7 +105,10 @@ def main(argv=None) -> int:
     words = ("red blue green old tiny golden cat house ship tree dragon lamp night snow hill sea forest moon river "
              "city").split()
     sampler.enter("setup")
-    texts = [" ".join(c) + f" {i}" for i, c in zip(range(n), itertools.cycle(itertools.product(words, repeat=3)))]
+    # Unique prompts with the same length distribution at every size: a 7-digit number spread over 0..1e6 (i * 7919 mod
+    # a prime), not `i` itself, whose digits made the 100k prompts up to 3 tokens longer than the 1k ones.
+    texts = [" ".join(c) + f" {(i * 7919) % 1_000_003:07d}"
+             for i, c in zip(range(n), itertools.cycle(itertools.product(words, repeat=3)))]
     pairs = [Pair(t, t, "en") for t in texts]
     del texts
     allocations = {}
@@ -111,12 +119,12 @@ def main(argv=None) -> int:
     adapter = build_adapter("mlp", enc.info.hidden_size, FAMILIES["sd1"])
     sampler.enter("cache")
     t0 = time.perf_counter()
-    options = {}
-    if "teacher_layout" in prepare_text_features.__code__.co_varnames:  # the layout this recipe and adapter need
-        from babelclip.training.features import teacher_layout_for  # (absent before the compact teacher cache)
-
-        options["teacher_layout"] = teacher_layout_for(adapter, recipe)
-    feats = prepare_text_features(pairs, enc, Teacher(), cache, batch_size=256, **options)
+    if teacher_layout_for is not None:
+        layout = teacher_layout_for(adapter, recipe)  # what altclip-kd reads for the mlp adapter: "mean"
+        feats = prepare_text_features(pairs, enc, Teacher(), cache, batch_size=256, teacher_layout=layout)
+    else:  # BabelCLIP before the compact teacher cache (for before/after runs, see BENCHMARKS.md)
+        layout = "77 tokens + pooled, float32"
+        feats = prepare_text_features(pairs, enc, Teacher(), cache, batch_size=256)
     t1 = time.perf_counter()
     if trace:
         allocations["cache"] = top_allocations()
@@ -131,7 +139,7 @@ def main(argv=None) -> int:
     cache_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(cache) for f in fs)
     result = {"prompts": n, "cache_s": t1 - t0, "epoch_s": t2 - t1, "rss_before_mb": rss_before,
               "peak_rss_mb": status()["VmHWM"], "cache_disk_mb": cache_bytes / 1e6,
-              "teacher_layout": options.get("teacher_layout", "tokens+pooled float32"),
+              "teacher_layout": layout,
               "phases": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in sampler.peaks.items()}}
     if trace:
         import tracemalloc
