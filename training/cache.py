@@ -55,6 +55,11 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
 
 
+def _digests(texts: Sequence[str]) -> np.ndarray:
+    """The digests of ``texts`` as one ``S16`` array (no Python bytes object per text is kept)."""
+    return np.fromiter((_digest(t) for t in texts), dtype="S16", count=len(texts))
+
+
 class _Index:
     """text digest (16 bytes) -> (first row, row count), as sorted numpy arrays (28 bytes per text)."""
 
@@ -162,7 +167,7 @@ class FeatureStore:
         return len(self.index)
 
     def __contains__(self, text: str) -> bool:
-        return bool(self.index.find(np.array([_digest(text)], "S16"))[0] >= 0)
+        return not bool(self.absent([text])[0])
 
     def __getstate__(self):  # an open file descriptor does not travel to another process
         state = self.__dict__.copy()
@@ -173,13 +178,14 @@ class FeatureStore:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
+    def absent(self, texts: Sequence[str]) -> np.ndarray:
+        """A boolean array: which of ``texts`` are not in the store."""
+        return self.index.find(_digests(texts)) < 0
+
     def missing(self, texts: Iterable[str]) -> list[str]:
         """Unique texts not in the store yet, in first-seen order."""
         unique = list(dict.fromkeys(texts))
-        if not unique:
-            return []
-        absent = self.index.find(np.array([_digest(t) for t in unique], "S16")) < 0
-        return [t for t, a in zip(unique, absent) if a]
+        return [unique[i] for i in np.flatnonzero(self.absent(unique))] if unique else []
 
     def add(self, texts: Sequence[str], arrays: Sequence[torch.Tensor | np.ndarray]) -> None:
         """Append one ``[rows, dim]`` array per text."""
@@ -234,7 +240,7 @@ class FeatureStore:
                                    f"delete {self.folder!r} and it is recomputed.")
 
     def _locate(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        pos = self.index.find(np.array([_digest(t) for t in texts], "S16"))
+        pos = self.index.find(_digests(texts))
         if (pos < 0).any():
             text = texts[int(np.argmax(pos < 0))]
             raise KeyError(f"text not in feature cache {self.folder}: {text[:60]!r}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from ..models.encoder import LayerSpec, MultilingualEncoder
@@ -88,19 +89,21 @@ def _fill_teacher(summary: FeatureStore, tokens: FeatureStore | None, texts: Seq
                   batch_size: int, progress: Callable[[int, int], None] | None,
                   should_stop: Callable[[], bool] | None) -> int:
     """One teacher pass over the texts missing from either store; each store gets what it lacks."""
-    need_summary = set(summary.missing(texts))
-    need_tokens = set(tokens.missing(texts)) if tokens is not None else set()
-    todo = [t for t in dict.fromkeys(texts) if t in need_summary or t in need_tokens]
+    unique = list(dict.fromkeys(texts))
+    need_summary = summary.absent(unique) if unique else np.zeros(0, bool)
+    need_tokens = tokens.absent(unique) if tokens is not None and unique else np.zeros(len(unique), bool)
+    todo = np.flatnonzero(need_summary | need_tokens)  # positions in `unique`: no set of strings per store
     for start in range(0, len(todo), batch_size):
         if should_stop is not None and should_stop():
             break
-        batch = todo[start: start + batch_size]
+        rows = todo[start: start + batch_size]
+        batch = [unique[i] for i in rows]
         cond, summ = _teacher_outputs(teacher, batch)
-        rows = [i for i, t in enumerate(batch) if t in need_summary]
-        summary.add([batch[i] for i in rows], [summ[i] for i in rows])
+        pick = np.flatnonzero(need_summary[rows])
+        summary.add([batch[i] for i in pick], [summ[i] for i in pick])
         if tokens is not None:
-            rows = [i for i, t in enumerate(batch) if t in need_tokens]
-            tokens.add([batch[i] for i in rows], [cond[i] for i in rows])
+            pick = np.flatnonzero(need_tokens[rows])
+            tokens.add([batch[i] for i in pick], [cond[i] for i in pick])
         if progress is not None:
             progress(min(start + batch_size, len(todo)), len(todo))
     return len(todo)

@@ -106,6 +106,37 @@ def atomic_torch_save(obj, path: str) -> None:
     atomic_write(path, write, "checkpoint")
 
 
+#: steps between returns of freed heap memory to the OS (see :func:`_release_free_memory`)
+RELEASE_EVERY = 10
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None on other C libraries and systems."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim() if os.name == "posix" else None
+
+
+def _release_free_memory() -> None:
+    """Give the heap's free pages back to the OS (glibc only; elsewhere nothing).
+
+    Every step allocates activations whose sizes follow the batch's token width. glibc serves them from its
+    heap once they have been freed a few times, and with widths that change from batch to batch the heap
+    fragments and keeps growing: the scaling benchmark measured 100-150 MB more peak RSS for a corpus with a
+    wider spread of prompt lengths, none of it live data. Trimming every few steps keeps the peak at the live
+    working set; it costs about 20 ms per call.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -205,6 +236,8 @@ def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, 
             scaler.step(optimizer)
             scaler.update()
         scheduler.step()
+        if (step + 1) % RELEASE_EVERY == 0:
+            _release_free_memory()
         value = float(loss.detach())
         if accelerator:
             value = float(accelerator.reduce(loss.detach(), reduction="mean"))
