@@ -31,9 +31,14 @@ def load_optional(name):
 def plan_rss(summary, extras) -> str:
     growth = summary.get("train_rss_growth_mb_1k_to_100k")
     shown = "not measured" if growth is None else f"{growth:.0f} MB"
+    peaks = {r["prompts"]: r["peak_rss_mb"] for r in extras["scaling"]["rows"]}
+    tail = (f" From 10k to 100k prompts (39 and 390 steps) the peak grows {peaks[100000] - peaks[10000]:.0f} MB; "
+            f"from 1k (3 steps) to 10k, {peaks[10000] - peaks[1000]:.0f} MB." if {1000, 10000, 100000} <= set(peaks)
+            else "")
     return (f"**RSS growth 1k -> 100k prompts** ({shown}, target 100 MB). The cache no longer contributes (file-backed "
             "memory is flat, the index is 28 bytes per text); what is left is native heap during the epoch, which "
-            "reaches its fragmented steady state only in runs with many steps (see *Scaling: memory* below). Plan: "
+            "reaches its fragmented steady state only in runs with many steps (see *Scaling: memory* below)."
+            + tail + " Plan: "
             "bucket the token width of text-recipe batches (their padding is masked) so activation sizes repeat "
             "from step to step, and measure the epoch with jemalloc (`LD_PRELOAD`) to separate allocator from "
             "BabelCLIP.")
@@ -251,7 +256,7 @@ def main() -> int:
               "profile_pen": load_optional("profile-encode-penultimate"),
               "profile_before_pen": load_optional("profile-encode-before-penultimate"),
               "scaling_before": load_optional("scaling-before"), "encode_cuda": load_optional("encode-cuda"),
-              "heap": load_optional("heap-fragmentation")}
+              "heap": load_optional("heap-fragmentation"), "scaling": scaling}
     env = summary["environment"]
     chart_encode(encode, os.path.join(RESULTS, "encode.png"))
     chart_training(training, os.path.join(RESULTS, "training.png"))
