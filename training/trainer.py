@@ -60,7 +60,7 @@ class TrainConfig:
         if not (isinstance(self.warmup, (int, float)) and 0 <= self.warmup < 1):
             problems.append(f"warmup must be a fraction in [0, 1) (got {self.warmup})")
         if not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in (self.grad_clip, self.weight_decay)):
-            problems.append("grad_clip and weight_decay must not be negative")
+            problems.append("grad_clip and weight_decay must be finite and not negative")
         if problems:
             raise InvalidDataError("Invalid training settings: " + "; ".join(problems) + ". Change them and start "
                                    "the training again.")
