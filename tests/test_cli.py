@@ -97,15 +97,10 @@ def _tiny_diffusers(folder, ckpt, tok):
 
 
 def test_unet_recipe_from_the_cli_with_images(setup, encoder_dirs):
-    from PIL import Image
 
     d, common = setup
     teacher = _tiny_diffusers(d / "sd-tiny", common[1], common[3])
-    rows = ["en\ttext\tlang\timage"]
-    for i, (en, zh) in enumerate(zip(synthetic.corpus("en")[:24], synthetic.corpus("zh")[:24])):
-        Image.new("RGB", (20, 24), (i * 10 % 255, 80, 160)).save(d / f"img{i}.png")
-        rows.append(f"{en}\t{zh}\tzh\timg{i}.png")
-    (d / "images.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    _image_data(d / "images.tsv", "zh", 24, (20, 24), lambda i: (i * 10 % 255, 80, 160), "img")
     out = d / "pea.safetensors"
     assert main(["train", "--teacher", str(teacher), "--encoder", encoder_dirs["xlm-roberta"], "--cache-dir",
                  str(d / "cache"), "--data", str(d / "images.tsv"), "--recipe", "pea", "--arch", "mlp",
@@ -168,7 +163,6 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(setup, tmp_path):
 
 
 def test_mclip_trikd_with_images_and_a_clip_vision_model(setup, encoder_dirs, tmp_path):
-    from PIL import Image
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     d, common = setup
@@ -178,11 +172,7 @@ def test_mclip_trikd_with_images_and_a_clip_vision_model(setup, encoder_dirs, tm
                                                    num_attention_heads=2, image_size=32, patch_size=8,
                                                    projection_dim=768)).save_pretrained(vision)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(vision)
-    rows = ["en\ttext\tlang\timage"]
-    for i, (en, ru) in enumerate(zip(synthetic.corpus("en")[:16], synthetic.corpus("ru")[:16])):
-        Image.new("RGB", (40, 36), (i * 15 % 255, 30, 200)).save(tmp_path / f"v{i}.png")
-        rows.append(f"{en}\t{ru}\tru\tv{i}.png")
-    (tmp_path / "img.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    _image_data(tmp_path / "img.tsv", "ru", 16, (40, 36), lambda i: (i * 15 % 255, 30, 200), "v")
     out = tmp_path / "trikd.safetensors"
     cache = tmp_path / "cache"
     assert main(["train", *common[:4], "--encoder", encoder_dirs["xlm-roberta"], "--cache-dir", str(cache),
@@ -191,3 +181,14 @@ def test_mclip_trikd_with_images_and_a_clip_vision_model(setup, encoder_dirs, tm
     assert any(p.name.startswith("image_embeds-") for p in cache.iterdir())
     recipe = json.loads(read_adapter_spec(out).metadata["babelclip.recipe"])
     assert recipe["name"] == "mclip-trikd" and set(recipe["final_terms"]) == {"itc", "ttc"}
+
+
+def _image_data(path, lang, n, size, color, prefix):
+    """A parallel data file of ``n`` English/``lang`` pairs, each with its own small solid-colour image."""
+    from PIL import Image
+
+    rows = ["en\ttext\tlang\timage"]
+    for i, (en, text) in enumerate(zip(synthetic.corpus("en")[:n], synthetic.corpus(lang)[:n])):
+        Image.new("RGB", size, color(i)).save(path.parent / f"{prefix}{i}.png")
+        rows.append(f"{en}\t{text}\t{lang}\t{prefix}{i}.png")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
