@@ -197,6 +197,49 @@ def encode_profile_section(extras) -> list[str]:
     return lines
 
 
+def gpu_section(extras) -> list[str]:
+    """The ``--device cuda`` results (``*-cuda.json``), when a GPU run has been committed."""
+    encode, peers, training = extras.get("encode_cuda"), extras.get("peers_cuda"), extras.get("training_cuda")
+    if not encode:
+        return []
+    env = encode["environment"]
+    lines = [f"## GPU: {env.get('gpu', 'GPU')}", "",
+             f"`python bench/run.py --device cuda --only encode peers training` on {env.get('gpu', 'a GPU')} "
+             f"({env['cpu_count']} CPUs, torch {env['torch']}, transformers {env['transformers']}, Python "
+             f"{env['python']}); the tokens differ from the CPU run because that machine trained its own small "
+             "tokenizer. Each figure is a median after warm-up, with the GPU synchronised around each call.", ""]
+    rows = [r for r in encode["rows"] if r.get("arch") in (None, "mlp")]
+    babel = {(r["batch"], r["prompt"]): r["ms"] for r in rows if r["path"] == "BabelCLIP XLM-R-base + mlp"}
+    rows = [dict(r, vs_babel=r["ms"] / babel[(r["batch"], r["prompt"])])
+            if (r["batch"], r["prompt"]) in babel and not r["path"].startswith("BabelCLIP XLM-R-base") else r
+            for r in rows]
+    x = lambda v: f"{v:.1f}x" if isinstance(v, float) else ""  # noqa: E731
+    lines += ["Encode latency (the `mlp` adapter; the other adapters are in `bench/results/encode-cuda.json`); the "
+              "last column is each path's time over BabelCLIP XLM-R-base + mlp for the same batch and prompt:", "",
+              table(rows, [("path", "path"), ("batch", "batch"), ("prompt", "prompt"), ("tokens", "tokens"),
+                           ("ms", "ms"), ("encoder ms", "encoder_ms"), ("adapter ms", "adapter_ms"),
+                           ("time / BabelCLIP base", "vs_babel")],
+                    {"ms": _ms, "encoder_ms": _ms, "adapter_ms": _ms, "vs_babel": x}), ""]
+    if training:
+        lines += [f"Training, cached features: measured matmul rate {training['matmul_flops_per_s'] / 1e12:.1f} "
+                  "TFLOP/s (fp32 2048x2048 GEMM; PyTorch's default, no TF32).", "",
+                  table(training["rows"], [("arch", "arch"), ("batch", "batch"), ("steps/s", "steps_per_s"),
+                                           ("samples/s", "samples_per_s"),
+                                           ("fraction of matmul rate", "matmul_peak_fraction")],
+                        {"steps_per_s": lambda v: f"{v:.0f}", "samples_per_s": lambda v: f"{v:,.0f}",
+                         "matmul_peak_fraction": lambda v: f"{v:.2f}"}), ""]
+    if peers:
+        lines += ["Peer adapters (1024 -> 768):", "",
+                  table(peers["rows"], [("adapter", "adapter"), ("parameters", "params"),
+                                        ("forward ms (batch 1, 32 tokens)", "forward_ms_b1_t32")],
+                        {"params": lambda v: f"{v:,}", "forward_ms_b1_t32": lambda v: f"{v:.2f}"}), ""]
+    return lines
+
+
+def _ms(v):
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
 PLANS = {"train_rss_growth_mb_1k_to_100k": plan_rss, "encode_speedup_vs_translate_test": plan_translate}
 
 
@@ -256,6 +299,7 @@ def main() -> int:
               "profile_pen": load_optional("profile-encode-penultimate"),
               "profile_before_pen": load_optional("profile-encode-before-penultimate"),
               "scaling_before": load_optional("scaling-before"), "encode_cuda": load_optional("encode-cuda"),
+              "peers_cuda": load_optional("peers-cuda"), "training_cuda": load_optional("training-cuda"),
               "heap": load_optional("heap-fragmentation"), "scaling": scaling}
     env = summary["environment"]
     chart_encode(encode, os.path.join(RESULTS, "encode.png"))
@@ -313,6 +357,7 @@ def main() -> int:
               "epoch = one pass of adapter steps over the cached features): see *Scaling: memory* below.", ""]
     lines += scaling_section(scaling, extras["scaling_before"], extras["heap"])
     lines += encode_profile_section(extras)
+    lines += gpu_section(extras)
     lines += ["## Memory and sizes", "",
               f"Peak RSS with XLM-R-base + mlp loaded: {memory['rss']['loaded_peak_rss_mb']:.0f} MB; while encoding "
               f"batches of 16 long prompts: {memory['rss']['encoding_peak_rss_mb']:.0f} MB.", "",
