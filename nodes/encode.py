@@ -55,10 +55,9 @@ def encode(encoder, adapter, text, clip=None, clip_mix="off", clip_strength=0.5,
     if clip_mix != "off" and clip is None:
         raise IncompatibleAdapterError(f"clip_mix is {clip_mix!r} but no CLIP is connected: connect the "
                                        f"checkpoint's CLIP output or set clip_mix to 'off'.")
-    adapter_patcher = adapter.patcher_for(encoder, family)
-    glue.load_for_encode(encoder, adapter_patcher)
+    adapter_module = glue.ready_to_encode(encoder, adapter, family)
     layer = None if encoder_layer == "from adapter" else encoder_layer
-    result = encode_prompts(encoder.encoder, adapter_patcher.model, [text], layer=layer,
+    result = encode_prompts(encoder.encoder, adapter_module, [text], layer=layer,
                             check_interrupt=glue.check_interrupt)
     clip_cond = clip_pooled = clip_empty = None
     if clip is not None and clip_mix != "off":

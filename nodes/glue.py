@@ -73,12 +73,21 @@ def intermediate_device() -> torch.device:
 
 
 class ManagedEncoder:
-    """A loaded encoder under ComfyUI's memory management (the BABELCLIP_ENCODER type)."""
+    """A loaded encoder under ComfyUI's memory management (the BABELCLIP_ENCODER type).
 
-    def __init__(self, name: str):
+    With ``int8`` the encoder's linear layers run in int8 on the CPU and the encoder stays there, outside the
+    memory manager (``patcher`` is None): a quantized model cannot move to a GPU, and ComfyUI's size accounting
+    reads plain tensors only. Its adapter then runs on the CPU too.
+    """
+
+    def __init__(self, name: str, int8: bool = False):
         path = resolve_inside(encoder_dirs(), name, "encoder folder")
+        if int8:
+            self.encoder: MultilingualEncoder = load_encoder(path, int8=True)
+            self.patcher = None
+            return
         load, offload, dtype = _devices()
-        self.encoder: MultilingualEncoder = load_encoder(path, device=offload, dtype=dtype)
+        self.encoder = load_encoder(path, device=offload, dtype=dtype)
         self.patcher = comfy.model_patcher.ModelPatcher(self.encoder, load_device=load, offload_device=offload)
 
     @property
@@ -93,6 +102,7 @@ class AdapterHandle:
         self.path = resolve_inside(adapter_dirs(), name, "adapter")
         self.spec: AdapterSpec = read_adapter_spec(self.path)
         self._patcher = None
+        self._on_cpu = None
 
     def patcher_for(self, encoder: ManagedEncoder, family: TargetFamily | None):
         """Check the adapter against the encoder and CLIP, then load it (once) under a ModelPatcher."""
@@ -117,8 +127,23 @@ def clip_encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:
     return cond, pooled
 
 
-def load_for_encode(encoder: ManagedEncoder, adapter_patcher) -> None:
-    mm.load_models_gpu([encoder.patcher, adapter_patcher])
+def ready_to_encode(encoder: ManagedEncoder, adapter: AdapterHandle, family: TargetFamily | None):
+    """Check the adapter against the encoder and CLIP, put both where they run; returns the adapter module."""
+    if encoder.patcher is None:  # int8 encoder: the CPU, outside the memory manager
+        check_compatible(adapter.spec, encoder.info, family)
+        if adapter._on_cpu is None:
+            adapter._on_cpu = load_adapter(adapter.spec, encoder=encoder.info, family=family, device="cpu",
+                                           dtype=torch.float32)
+        return adapter._on_cpu
+    patcher = adapter.patcher_for(encoder, family)
+    mm.load_models_gpu([encoder.patcher, patcher])
+    return patcher.model
+
+
+def load_encoder_for_features(encoder: ManagedEncoder) -> None:
+    """Put the encoder on its device before a feature-cache pass (an int8 encoder is already there)."""
+    if encoder.patcher is not None:
+        mm.load_models_gpu([encoder.patcher])
 
 
 def check_interrupt() -> None:

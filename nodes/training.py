@@ -19,7 +19,7 @@ from ..models import build_adapter, save_adapter
 from ..models.adapters import ARCHITECTURES
 from ..training.data import dedup, pairs_from_text, read_pairs, split_pairs
 from ..training.evaluation import evaluate_adapter, report_markdown
-from ..training.features import prepare_text_features
+from ..training.features import prepare_text_features, teacher_layout_for
 from ..training.recipes import RECIPES, get_recipe
 from ..training.trainer import TrainConfig, train
 from . import glue, train_glue
@@ -159,10 +159,12 @@ class TrainAdapter:
         config = TrainConfig(steps=steps, lr=learning_rate, batch_size=batch_size, seed=seed, device="cpu"
                              if mm.get_torch_device().type == "cpu" else str(mm.get_torch_device()))
         config.validate(len(train_pairs))
-        mm.load_models_gpu([encoder.patcher])
+        glue.load_encoder_for_features(encoder)
         layer = "last"
+        # only what the recipe reads for this architecture: 3 KB per prompt instead of 118 KB where it can
         data = prepare_text_features(train_pairs, encoder.encoder, teacher, _cache_dir(), layer=layer,
-                                     should_stop=mm.processing_interrupted)
+                                     should_stop=mm.processing_interrupted,
+                                     teacher_layout=recipe_obj.teacher_layout(ARCHITECTURES[arch]))
         mm.throw_exception_if_processing_interrupted()
         unet = None
         use_vision = recipe == "mclip-trikd" and clip_vision is not None and images is not None
@@ -192,7 +194,8 @@ class TrainAdapter:
         mm.throw_exception_if_processing_interrupted()  # cancelled: the checkpoint is kept for a resume
         metrics = {}
         if val_pairs:
-            val = prepare_text_features(val_pairs, encoder.encoder, teacher, _cache_dir(), layer=layer)
+            val = prepare_text_features(val_pairs, encoder.encoder, teacher, _cache_dir(), layer=layer,
+                                        teacher_layout=teacher_layout_for(adapter))
             metrics = evaluate_adapter(adapter, val)["average"]
         save_adapter(adapter.cpu(), path, {
             "encoder": encoder.info, "family": teacher.family.name, "layer": layer,
@@ -250,10 +253,9 @@ class EvaluateAdapter:
     def evaluate(self, clip, encoder, adapter, data_file, prompts):
         pairs = _pairs(data_file, prompts)
         teacher = train_glue.ComfyClipTeacher(clip)
-        patcher = adapter.patcher_for(encoder, teacher.family)
-        glue.load_for_encode(encoder, patcher)
-        feats = prepare_text_features(pairs, encoder.encoder, teacher, _cache_dir(), layer=adapter.spec.layer)
-        model = patcher.model
+        model = glue.ready_to_encode(encoder, adapter, teacher.family)
+        feats = prepare_text_features(pairs, encoder.encoder, teacher, _cache_dir(), layer=adapter.spec.layer,
+                                      teacher_layout=teacher_layout_for(model))
         report = evaluate_adapter(model, feats)
         return (report_markdown(report), _chart_image(report))
 

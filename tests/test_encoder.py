@@ -122,3 +122,26 @@ def test_missing_tokenizer(tmp_path, encoder_dirs):
         os.remove(d / f)
     with pytest.raises(InvalidModelFileError, match="tokenizer"):
         load_encoder(d)
+
+
+@pytest.mark.parametrize("model_type", ["xlm-roberta", "t5"])
+def test_int8_encoder_runs_quantized_and_stays_close(encoder_dirs, encoders, model_type):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    full = encoders[model_type]
+    enc = load_encoder(encoder_dirs[model_type], int8=True)
+    kinds = {type(m) for m in enc.model.modules()}
+    assert DynamicInt8Linear in kinds and torch.nn.Linear not in kinds and enc.int8 and not full.int8
+    assert enc.info == full.info  # same model for adapters: the same fingerprint
+    texts = ["a red cat sleeping on a wooden roof", "кошка спит на крыше", "猫"]
+    for layer in ("last", "penultimate"):
+        a, b = full.encode(texts, layer).hidden, enc.encode(texts, layer).hidden
+        assert a.shape == b.shape and not torch.equal(a, b)  # really quantized ...
+        cos = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)
+        assert cos.min() > 0.98, cos  # ... and still the same states
+
+
+def test_int8_needs_float32_on_the_cpu(encoder_dirs):
+    with pytest.raises(UnsupportedModelError, match=r"int8 needs the encoder 'xlm-roberta' in float32 on the CPU.*"
+                                                    r"turn int8 off"):
+        load_encoder(encoder_dirs["xlm-roberta"], dtype=torch.float16, int8=True)

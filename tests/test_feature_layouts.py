@@ -108,3 +108,15 @@ def test_evaluation_on_the_mean_layout_has_no_token_mse(encoder, tmp_path):
     adapter = build_adapter("linear", 32, teacher.family)
     report = evaluate_adapter(adapter, prepare_text_features(rows, encoder, teacher, tmp_path, teacher_layout="mean"))
     assert "token_mse" not in report["average"] and 0 <= report["average"]["r@1"] <= 1
+
+
+def test_int8_encoder_features_are_cached_apart_from_float32(encoder, tmp_path):
+    rows = synthetic.pairs()[:10]
+    teacher = synthetic.LinearTeacher(encoder, seed=3)
+    int8 = load_encoder(encoder.path, int8=True)
+    full = prepare_text_features(rows, encoder, teacher, tmp_path, teacher_layout="mean").batch(range(10))
+    quant = prepare_text_features(rows, int8, teacher, tmp_path, teacher_layout="mean").batch(range(10))
+    assert teacher.calls == 10  # the teacher's features are shared, the encoder's are not
+    expected = int8.encode([p.text for p in rows])
+    torch.testing.assert_close(quant.hidden[quant.mask.bool()], expected.hidden[expected.mask.bool()])
+    assert not torch.equal(quant.hidden, full.hidden)

@@ -149,9 +149,11 @@ def prepare_text_features(pairs: Sequence[Pair], encoder: MultilingualEncoder, t
     """
     if teacher_layout not in TEACHER_LAYOUTS:
         raise ValueError(f"teacher_layout must be one of {TEACHER_LAYOUTS}, not {teacher_layout!r}")
-    enc_store = FeatureStore(cache_dir, {"kind": "encoder", "fingerprint": encoder.info.fingerprint,
-                                         "model_type": encoder.info.model_type, "layer": str(layer),
-                                         "max_length": encoder.max_length}, encoder.info.hidden_size)
+    enc_key = {"kind": "encoder", "fingerprint": encoder.info.fingerprint, "model_type": encoder.info.model_type,
+               "layer": str(layer), "max_length": encoder.max_length}
+    if getattr(encoder, "int8", False):  # its states differ slightly from float32 ones (float32 keys unchanged)
+        enc_key["int8"] = True
+    enc_store = FeatureStore(cache_dir, enc_key, encoder.info.hidden_size)
     identity = {"kind": "teacher", "family": teacher.family.name, "fingerprint": teacher.fingerprint,
                 "clip_skip": str(getattr(teacher, "clip_skip", None))}
     summary_store = FeatureStore(cache_dir, {**identity, "layout": "mean+pooled"}, teacher.family.cond_dim,

@@ -190,3 +190,22 @@ def test_training_data_may_not_pull_images_from_outside_the_input_folder(comfy_n
     with pytest.raises(UnsafePathError, match=r"pairs.tsv:3: image .*secret.png.* outside ComfyUI's input folder"):
         node.train(sd1_clip, encoder, "altclip-kd", "linear", "pairs.tsv", "", 2, 1e-3, 1, 0, "escape")
     assert not list(tmp_path.rglob("escape*.safetensors"))
+
+
+def test_int8_encoder_stays_on_the_cpu_outside_memory_management(comfy_nodes):
+    import comfy.model_management as mm
+
+    n = comfy_nodes.NODE_CLASS_MAPPINGS
+    (full,) = n["BabelCLIPLoadEncoder"]().load("tiny-xlmr")
+    (int8,) = n["BabelCLIPLoadEncoder"]().load("tiny-xlmr", int8_on_cpu=True)
+    (adapter,) = n["BabelCLIPLoadAdapter"]().load("sd1.safetensors")
+    node = n["BabelCLIPTextEncode"]()
+    with torch.inference_mode():
+        (a,) = node.encode(full, adapter, "一只红色的猫, (sunset:1.2)")
+        (b,) = node.encode(int8, adapter, "一只红色的猫, (sunset:1.2)")
+    assert int8.patcher is None and int8.encoder.int8 and int8.encoder.device.type == "cpu"
+    assert not any(m.model is int8.encoder for m in mm.current_loaded_models)
+    assert a[0][0].shape == b[0][0].shape and b[0][0].dtype == torch.float32 and not torch.equal(a[0][0], b[0][0])
+    cos = torch.nn.functional.cosine_similarity(a[0][0].flatten(), b[0][0].flatten(), dim=0)
+    assert cos > 0.98
+    assert b[0][1]["pooled_output"].shape == (1, 768)
