@@ -3,10 +3,7 @@
 # Usage: bash bench/run.sh [--device cuda] [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-VENV=${BABELCLIP_VENV:-.venv}
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+source scripts/venv.sh
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" -e .
 "${PIP[@]}" --no-deps mulankit==1.0.2 multilingual-clip==1.0.10

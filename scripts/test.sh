@@ -5,10 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-VENV=${BABELCLIP_VENV:-.venv}
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+source scripts/venv.sh
 
 # torch is pinned here (never in requirements.txt): ComfyUI needs a torchvision that matches it.
 case "$(uname -m)" in
