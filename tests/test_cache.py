@@ -124,3 +124,18 @@ def test_a_text_added_again_reads_its_latest_rows(tmp_path):
         assert torch.equal(s.get("a"), torch.full((3, 2), 2.0)) and torch.equal(s.get("b"), torch.full((1, 2), 5.0))
     with pytest.raises(KeyError):
         store.get("c")
+
+
+def test_reads_without_preadv_as_on_windows(tmp_path, monkeypatch):
+    """Windows has no os.preadv: the store reads through one locked file object instead, same rows."""
+    texts = ["猫", "a cat", "кошка на крыше", "x"]
+    FeatureStore(tmp_path, {"kind": "e"}, 4).fill(texts, _model([]))
+    monkeypatch.delattr(os, "preadv")
+    store = FeatureStore(tmp_path, {"kind": "e"}, 4)
+    for t in texts:
+        assert torch.equal(store.get(t), torch.full((len(t), 4), float(len(t))))
+    assert store._fd is None and store._file is not None  # the fallback really served them
+    with open(store.data_path, "r+b") as f:
+        f.truncate(4 * 4 * 4)  # the file lost its tail while the store was open
+    with pytest.raises(InvalidDataError, match="shorter than its index says.*recomputed"):
+        store.get("кошка на крыше")
