@@ -1,6 +1,6 @@
 """Profile BabelCLIP's encode path at batch 1: where the time of ``encode_prompts`` goes.
 
-``python bench/profile_encode.py [--prompt short] [--repeat 30] [--out bench/results/profile-encode.json]``
+``python bench/profile_encode.py [--prompt short] [--repeat 30] [--int8] [--out bench/results/profile-encode.json]``
 
 Prints and saves, for an XLM-R-base-sized encoder (random weights, see ``run.xlmr_encoder``) + the SD1.5 ``mlp``
 adapter:
@@ -49,7 +49,7 @@ def read_bandwidth(mb: int = 512) -> float:
 
 
 def main(argv=None) -> int:
-    from babelclip.models import FAMILIES, build_adapter, encode_prompts
+    from babelclip.models import FAMILIES, build_adapter, encode_prompts, quantize_int8
     from babelclip.models.conditioning import tokenize_prompt
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -57,12 +57,19 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--size", default="base", choices=["base", "large"])
     parser.add_argument("--layer", default="last", help="encoder layer the adapter reads (last, penultimate, N)")
+    parser.add_argument("--int8", action="store_true", help="the opt-in int8 encoder (quantize_int8)")
     parser.add_argument("--out", default=None, help="JSON file for the results")
     parser.add_argument("--loop", type=int, default=0, help="only call encode_prompts this many times (for py-spy)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     work = tempfile.mkdtemp(prefix="babelclip-profile-")
     enc = xlmr_encoder(args.size, work, torch.device("cpu"))
+    layer_params = sum(p.numel() for n, p in enc.model.named_parameters() if "embeddings" not in n)
+    linear_params = sum(m.weight.numel() for n, m in enc.model.named_modules()
+                        if isinstance(m, torch.nn.Linear) and "embeddings" not in n)
+    weight_bytes = (layer_params - linear_params) * 4 + linear_params * (1 if args.int8 else 4)
+    if args.int8:
+        quantize_int8(enc)
     adapter = build_adapter("mlp", enc.info.hidden_size, FAMILIES["sd1"]).eval()
     layer = int(args.layer) if args.layer.lstrip("-").isdigit() else args.layer
     prompt = [PROMPTS[args.prompt]]
@@ -100,14 +107,14 @@ def main(argv=None) -> int:
         torch.set_num_threads(1)
         one_layer["1_thread_ms"] = median_ms(lambda: lin(x), 50)
         torch.set_num_threads(threads)
-    layer_params = sum(p.numel() for n, p in enc.model.named_parameters() if "embeddings" not in n)
     tokens = len(ids[0])
     bandwidth, rate = read_bandwidth(), matmul_rate(torch.device("cpu"))
-    bounds = {"encoder_weight_mb": layer_params * 4 / 1e6, "tokens": tokens,
+    bounds = {"encoder_weight_mb": weight_bytes / 1e6, "tokens": tokens,
               "memory_read_gb_per_s": bandwidth / 1e9, "matmul_gflop_per_s": rate / 1e9,
-              "weights_once_ms": 1000 * layer_params * 4 / bandwidth,
+              "weights_once_ms": 1000 * weight_bytes / bandwidth,
               "flops_ms": 1000 * 2 * layer_params * tokens / rate}
-    result = {"environment": environment(torch.device("cpu")), "encoder": f"XLM-R-{args.size} (random weights)",
+    result = {"environment": environment(torch.device("cpu")),
+              "encoder": f"XLM-R-{args.size}{' int8' if args.int8 else ''} (random weights)",
               "adapter": "mlp (sd1)", "layer": args.layer, "prompt": args.prompt, "repeat": args.repeat, "median_ms": parts,
               "lower_bounds": bounds, "top_ops": ops,
               "one_ffn_linear_at_batch_1": one_layer}
