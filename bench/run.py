@@ -9,6 +9,7 @@ Results: ``bench/results/*.json``, charts ``bench/results/*.png``; ``BENCHMARKS.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -151,32 +152,53 @@ def marian_proxy(device):
 
 # ----------------------------------------------------------------------------------------------- benchmarks
 def bench_encode(args, device, work) -> dict:
-    from babelclip.models import FAMILIES, build_adapter, encode_prompts
+    from babelclip.models import FAMILIES, build_adapter, encode_prompts, quantize_int8
     from babelclip.models.conditioning import tokenize_prompt
 
     rows = []
     clip = clip_l_teacher(work, device)
     marian = marian_proxy(device)
-    encoders = {size: xlmr_encoder(size, work, device) for size in (("base",) if args.quick else ("base", "large"))}
+    sizes = ("base",) if args.quick else ("base", "large")
+    encoders = {size: xlmr_encoder(size, work, device) for size in sizes}
+    # the same random weights, linear layers in int8 (BabelCLIP's opt-in CPU path; PyTorch has no GPU kernels for it)
+    int8_encoders = {} if device.type != "cpu" else {size: quantize_int8(copy.deepcopy(enc))
+                                                     for size, enc in encoders.items()}
     for batch in (1, 16):
+        # batch 1 is what the summary's ratios use: more repeats there, against the noise of a shared machine
+        reps, proxy_reps = ((dict(warmup=3, repeat=15), dict(warmup=2, repeat=7)) if batch == 1 else
+                            (dict(warmup=2, repeat=7), dict(warmup=1, repeat=3)))
         for kind, prompt in PROMPTS.items():
             texts = [prompt] * batch
             with torch.no_grad():
                 rows.append({"path": "stock CLIP-L", "batch": batch, "prompt": kind,
-                             "ms": 1000 * median_time(lambda: clip.encode(texts), device)})
+                             "ms": 1000 * median_time(lambda: clip.encode(texts), device, **reps)})
                 for size, enc in encoders.items():
                     n_tokens = len(tokenize_prompt(enc, prompt).chunks[0])
                     ids = [tokenize_prompt(enc, prompt).chunks[0]] * batch
-                    enc_ms = 1000 * median_time(lambda: enc.encode_ids(ids), device)
+                    enc_ms = 1000 * median_time(lambda: enc.encode_ids(ids), device, **reps)
                     hidden = enc.encode_ids(ids)
                     for arch in ("linear", "mlp", "bottleneck", "resampler"):
                         ad = build_adapter(arch, enc.info.hidden_size, FAMILIES["sd1"]).to(device).eval()
-                        ad_ms = 1000 * median_time(lambda: ad(hidden.hidden, hidden.mask), device)
-                        total_ms = 1000 * median_time(lambda: encode_prompts(enc, ad, texts), device)
+                        ad_ms = 1000 * median_time(lambda: ad(hidden.hidden, hidden.mask), device, **reps)
+                        total_ms = 1000 * median_time(lambda: encode_prompts(enc, ad, texts), device, **reps)
                         rows.append({"path": f"BabelCLIP XLM-R-{size} + {arch}", "encoder": size, "arch": arch,
                                      "batch": batch, "prompt": kind, "tokens": n_tokens, "ms": total_ms,
                                      "encoder_ms": enc_ms, "adapter_ms": ad_ms,
                                      "adapter_share_pct": 100 * ad_ms / (enc_ms + ad_ms)})
+                for size, enc in int8_encoders.items():  # the opt-in int8 encoder (CPU only), mlp adapter
+                    ids = [tokenize_prompt(enc, prompt).chunks[0]] * batch
+                    enc_ms = 1000 * median_time(lambda: enc.encode_ids(ids), device, **reps)
+                    hidden = enc.encode_ids(ids)
+                    ad = build_adapter("mlp", enc.info.hidden_size, FAMILIES["sd1"]).to(device).eval()
+                    ad_ms = 1000 * median_time(lambda: ad(hidden.hidden, hidden.mask), device, **reps)
+                    total_ms = 1000 * median_time(lambda: encode_prompts(enc, ad, texts), device, **reps)
+                    exact = encode_prompts(encoders[size], ad, texts[:1]).cond.flatten()
+                    cos = torch.nn.functional.cosine_similarity(encode_prompts(enc, ad, texts[:1]).cond.flatten(),
+                                                                exact, dim=0)
+                    rows.append({"path": f"BabelCLIP XLM-R-{size} int8 + mlp", "encoder": size, "arch": "mlp",
+                                 "int8": True, "batch": batch, "prompt": kind, "tokens": len(ids[0]), "ms": total_ms,
+                                 "encoder_ms": enc_ms, "adapter_ms": ad_ms,
+                                 "adapter_share_pct": 100 * ad_ms / (enc_ms + ad_ms), "cos_vs_float32": float(cos)})
                 src = torch.randint(0, 58000, (batch, rows[-1]["tokens"]), device=device)
 
                 def translate_then_clip():
@@ -185,7 +207,7 @@ def bench_encode(args, device, work) -> dict:
                     clip.encode(texts)
                 rows.append({"path": "translate-test proxy (MarianMT opus-mt size, greedy) + CLIP-L", "batch": batch,
                              "prompt": kind, "tokens": int(src.shape[1]),
-                             "ms": 1000 * median_time(translate_then_clip, device, warmup=1, repeat=3)})
+                             "ms": 1000 * median_time(translate_then_clip, device, **proxy_reps)})
             print(f"  encode batch {batch} {kind}: done", flush=True)
     return {"rows": rows}
 
@@ -249,8 +271,10 @@ def bench_training(args, device, work) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from babelclip.models import FAMILIES, build_adapter
+    from babelclip.training import trainer
     from babelclip.training.recipes import Batch, get_recipe
 
+    trainer._steady_heap()  # the heap setting train() uses (glibc: activations mapped fresh), so steps cost the same
     peak = matmul_rate(device)
     recipe = get_recipe("altclip-kd")
     rows = []
@@ -342,6 +366,11 @@ def summarise(encode, peers, training, scaling, memory) -> dict:
     best256 = max((r for r in training["rows"] if r["batch"] == 256), key=lambda r: r["matmul_peak_fraction"])
     sd15_mlp = next(r for r in memory["adapter_files_fp32"] if r["arch"] == "mlp" and r["family"] == "sd1")
     rss = {r["prompts"]: r["peak_rss_mb"] for r in scaling["rows"]}
+    int8 = {}
+    if any(r.get("int8") for r in encode["rows"]):  # CPU runs: the opt-in int8 encoder, same prompt and batch
+        quant = pick("BabelCLIP XLM-R-base int8 + mlp")
+        int8 = {"encode_speedup_vs_translate_test_int8": pick("translate-test")["ms"] / quant["ms"],
+                "encode_int8_cos_vs_float32": quant["cos_vs_float32"]}
     return {
         "encode_adapter_overhead_pct": 100 * babel["adapter_ms"] / babel["encoder_ms"],
         "encode_speedup_vs_translate_test": pick("translate-test")["ms"] / babel["ms"],
@@ -353,6 +382,7 @@ def summarise(encode, peers, training, scaling, memory) -> dict:
         "train_rss_sizes_measured": [min(rss), max(rss)],
         "adapter_params_sd15_mlp": sd15_mlp["params"],
         "adapter_file_mb_sd15_mlp": sd15_mlp["file_mb"],
+        **int8,
     }
 
 
