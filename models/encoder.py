@@ -311,7 +311,7 @@ def quantize_int8(encoder: MultilingualEncoder) -> MultilingualEncoder:
 
     Weights become int8 with one scale per output channel; activations are quantized on the fly, per call.
     At batch 1 the forward is bound by reading the weights (see BENCHMARKS.md, *Encode path at batch 1*):
-    with a quarter of the bytes to read it runs about 3x faster on a CPU. Outputs move slightly (the
+    with a quarter of the bytes to read it runs 2-4x faster on a CPU. Outputs move slightly (the
     benchmark reports their cosine similarity to float32). The quantized encoder stays on the CPU: PyTorch
     has no CUDA kernels for it. Features cached from it are kept apart from float32 ones.
 

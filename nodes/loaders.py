@@ -24,7 +24,7 @@ class LoadEncoder:
         }, "optional": {
             "int8_on_cpu": ("BOOLEAN", {
                 "default": False,
-                "tooltip": "Run the encoder's linear layers in int8 on the CPU: about 3x faster encoding on a CPU "
+                "tooltip": "Run the encoder's linear layers in int8 on the CPU: 2-4x faster encoding on a CPU "
                            "(BENCHMARKS.md), a quarter of the memory for those layers, slightly different "
                            "conditioning. The encoder and its adapter then stay on the CPU, also when ComfyUI "
                            "has a GPU (this saves the GPU memory they would take)."}),
