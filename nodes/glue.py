@@ -114,6 +114,14 @@ class AdapterHandle:
             self._patcher = comfy.model_patcher.ModelPatcher(adapter, load_device=load, offload_device=offload)
         return self._patcher
 
+    def on_cpu_for(self, encoder: ManagedEncoder, family: TargetFamily | None):
+        """Check the adapter, then load it (once) in float32 on the CPU, for an int8 encoder."""
+        check_compatible(self.spec, encoder.info, family)
+        if self._on_cpu is None:
+            self._on_cpu = load_adapter(self.spec, encoder=encoder.info, family=family, device="cpu",
+                                        dtype=torch.float32)
+        return self._on_cpu
+
 
 def clip_family(clip) -> TargetFamily:
     """Family of a ComfyUI CLIP object, from its state-dict key prefixes."""
@@ -130,11 +138,7 @@ def clip_encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:
 def ready_to_encode(encoder: ManagedEncoder, adapter: AdapterHandle, family: TargetFamily | None):
     """Check the adapter against the encoder and CLIP, put both where they run; returns the adapter module."""
     if encoder.patcher is None:  # int8 encoder: the CPU, outside the memory manager
-        check_compatible(adapter.spec, encoder.info, family)
-        if adapter._on_cpu is None:
-            adapter._on_cpu = load_adapter(adapter.spec, encoder=encoder.info, family=family, device="cpu",
-                                           dtype=torch.float32)
-        return adapter._on_cpu
+        return adapter.on_cpu_for(encoder, family)
     patcher = adapter.patcher_for(encoder, family)
     mm.load_models_gpu([encoder.patcher, patcher])
     return patcher.model
