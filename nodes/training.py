@@ -164,7 +164,7 @@ class TrainAdapter:
         # only what the recipe reads for this architecture: 3 KB per prompt instead of 118 KB where it can
         data = prepare_text_features(train_pairs, encoder.encoder, teacher, _cache_dir(), layer=layer,
                                      should_stop=mm.processing_interrupted,
-                                     teacher_layout=recipe_obj.teacher_layout(ARCHITECTURES[arch]))
+                                     teacher_layout=teacher_layout_for(ARCHITECTURES[arch], recipe_obj))
         mm.throw_exception_if_processing_interrupted()
         unet = None
         use_vision = recipe == "mclip-trikd" and clip_vision is not None and images is not None
