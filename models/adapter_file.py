@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -25,6 +24,7 @@ from .adapters import ARCHITECTURES, Adapter, config_to_adapter
 from .encoder import EncoderInfo
 from .families import FAMILIES, TargetFamily
 from .files import atomic_write
+from .weights_format import check_safetensors
 
 __all__ = [
     "FORMAT_VERSION",
@@ -98,27 +98,10 @@ def _refuse_pickle(path: str) -> None:
 
 
 def _read_header_length(path: str) -> int:
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except FileNotFoundError:
-        raise InvalidModelFileError(f"Adapter file {path!r} does not exist. Put adapters in models/babelclip/.") from None
-    except OSError as e:
-        raise InvalidModelFileError(f"Cannot read adapter file {path!r}: {e.strerror or e}.") from None
-    if len(head) < 8:
-        raise InvalidModelFileError(
-            f"Adapter file {path!r} is {size} bytes long: it is truncated or empty. Download or train it again.")
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise InvalidModelFileError(
-            f"{path!r} is a pickle/zip file (as written by torch.save) renamed to .safetensors. BabelCLIP never "
-            f"opens pickles; get a real .safetensors adapter.")
-    (n,) = struct.unpack("<Q", head)
-    if n > MAX_HEADER_BYTES or n + 8 > size or n < 2:
-        raise InvalidModelFileError(
-            f"Adapter file {path!r} is not a valid safetensors file (header of {n} bytes in a file of {size} "
-            f"bytes): it is truncated or corrupted. Download or train it again.")
-    return n
+    if not os.path.exists(path):
+        raise InvalidModelFileError(f"Adapter file {path!r} does not exist. Put adapters in models/babelclip/.")
+    return check_safetensors(path, what="Adapter file", max_header=MAX_HEADER_BYTES,
+                             fix="Get a real .safetensors adapter: download or train it again.")
 
 
 def _json_field(meta: dict, key: str, path: str):

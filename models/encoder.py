@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidDataError, InvalidModelFileError, UnsupportedModelError
+from .weights_format import check_safetensors
 
 __all__ = [
     "SUPPORTED_ENCODERS",
@@ -275,12 +276,8 @@ def _read_config(folder: str) -> dict:
 def _check_weights(folder: str) -> None:
     names = os.listdir(folder)
     for n in sorted(n for n in names if n.endswith(".safetensors")):
-        with open(os.path.join(folder, n), "rb") as f:
-            head = f.read(2)
-        if head == b"PK" or head[:1] == b"\x80":
-            raise InvalidModelFileError(
-                f"{os.path.join(folder, n)!r} is a pickle/zip file (as written by torch.save) renamed to .safetensors. "
-                f"BabelCLIP never opens pickles; download the real safetensors weights of the encoder.")
+        check_safetensors(os.path.join(folder, n), what="Encoder weights",
+                          fix="Download the real safetensors weights of the encoder again.")
     if any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
         return
     pickles = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
