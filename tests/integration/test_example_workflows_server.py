@@ -1,0 +1,105 @@
+"""The shipped example workflows against a real ComfyUI server: every node and widget exists, and the
+train-in-graph example, converted to an API prompt the way the frontend does, runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ..test_example_workflows import FILES, FOLDER, FRONTEND_ONLY, MULTILINE
+
+pytestmark = pytest.mark.integration
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def _is_widget(spec) -> bool:
+    return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
+
+
+def _widgets(node_info: dict) -> list[tuple[str, dict, bool]]:
+    """(name, spec, has a control_after_generate value) of each widget, in the order the frontend makes them."""
+    out = []
+    for section in ("required", "optional"):
+        for name, spec in node_info["input"].get(section, {}).items():
+            if _is_widget(spec):
+                options = spec[1] if len(spec) > 1 else {}
+                # both frontends add 'control_after_generate' after an INT named seed/noise_seed, or when asked
+                control = bool(options.get("control_after_generate")) or (
+                    spec[0] == "INT" and name in ("seed", "noise_seed"))
+                out.append((name, options, control))
+    return out
+
+
+def to_api(workflow: dict, info: dict) -> dict:
+    """A UI workflow as the API prompt the frontend queues: widget values by name, links as [node id, slot]."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) != 0:
+            continue
+        values = list(node.get("widgets_values") or [])
+        inputs = {}
+        for name, _, control in _widgets(info[node["type"]]):
+            assert values, f"{node['type']} #{node['id']}: no value for widget {name!r}"
+            inputs[name] = values.pop(0)
+            if control:
+                assert values and values.pop(0) in ("fixed", "increment", "decrement", "randomize"), node["id"]
+        assert not values, f"{node['type']} #{node['id']}: {len(values)} widget values more than the server's widgets"
+        for inp in node.get("inputs") or []:
+            if inp.get("link") is not None:
+                link = links[inp["link"]]
+                inputs[inp["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def test_example_workflows_match_the_servers_nodes(comfy):
+    """Every node of the shipped UI workflows exists, and its widget values line up with the server's widgets."""
+    info = comfy.get("/object_info")
+    assert len(FILES) >= 3
+    for f in FILES:
+        wf = json.loads(f.read_text(encoding="utf-8"))
+        for node in wf["nodes"]:
+            assert node["type"] in info or node["type"] in FRONTEND_ONLY, \
+                f"{f.name}: {node['type']} is not a node of {comfy.label}"
+        to_api(wf, info)  # asserts that each node has exactly one value per widget
+
+
+def test_the_layout_tests_know_which_widgets_are_multiline(comfy):
+    """tests/test_example_workflows.py sizes nodes with a table of multiline widgets: it is the server's."""
+    info = comfy.get("/object_info")
+    for node_type, expected in MULTILINE.items():
+        if node_type in FRONTEND_ONLY:
+            continue
+        positions, i = set(), 0
+        for _, options, control in _widgets(info[node_type]):
+            if options.get("multiline"):
+                positions.add(i)
+            i += 2 if control else 1
+        assert positions == expected, (node_type, positions)
+
+
+def test_train_in_graph_example_runs_as_shipped(comfy):
+    """The example needs no adapter file. Only what the test server lacks changes: its checkpoint is a diffusers
+    folder (DiffusersLoader gives the same MODEL, CLIP, VAE), its encoder is tiny; and fewer steps, smaller image."""
+    wf = json.loads((FOLDER / "babelclip_sd15_train_in_graph.json").read_text(encoding="utf-8"))
+    prompt = to_api(wf, comfy.get("/object_info"))
+    by_type = {n["class_type"]: (nid, n) for nid, n in prompt.items()}
+    ckpt_id, _ = by_type["CheckpointLoaderSimple"]
+    prompt[ckpt_id] = {"class_type": "DiffusersLoader", "inputs": {"model_path": "sd15-random"}}
+    by_type["BabelCLIPLoadEncoder"][1]["inputs"]["encoder_name"] = "tiny-xlmr"
+    train = by_type["BabelCLIPTrainAdapter"][1]["inputs"]
+    train.update(steps=10, adapter_name="example-train-in-graph")
+    by_type["KSampler"][1]["inputs"]["steps"] = 1
+    by_type["EmptyLatentImage"][1]["inputs"].update(width=64, height=64)
+
+    entry = comfy.run(prompt, timeout=900)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    saved = entry["outputs"][by_type["SaveImage"][0]]["images"]
+    curve = entry["outputs"][by_type["PreviewImage"][0]]["images"]
+    assert len(saved) == 1 and len(curve) == 1, entry["outputs"]
+    assert (comfy.root / "output" / saved[0].get("subfolder", "") / saved[0]["filename"]).is_file()
+    assert (comfy.root / "models" / "babelclip" / "example-train-in-graph.safetensors").is_file()
