@@ -19,6 +19,7 @@ the same text, so LoRA trigger words and English tags keep working.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -31,6 +32,8 @@ from .encoder import LayerSpec, MultilingualEncoder
 from .prompt import parse_prompt_weights
 
 __all__ = ["Conditioning", "encode_prompts", "mix_with_clip", "MIX_MODES", "tokenize_prompt"]
+
+log = logging.getLogger(__name__)
 
 MIX_MODES = ("off", "concat", "blend")
 CLIP_CHUNK = 77
@@ -51,9 +54,14 @@ class _Prompt:
     weights: list[list[float]]  # one weight per token of each chunk
 
 
-def tokenize_prompt(encoder: MultilingualEncoder, prompt: str) -> _Prompt:
-    """Parse weights, tokenize the clean text once, and split it into wrapped chunks."""
-    parsed = parse_prompt_weights(prompt)
+def tokenize_prompt(encoder: MultilingualEncoder, prompt: str, *, strict_syntax: bool = False) -> _Prompt:
+    """Parse weights, tokenize the clean text once, and split it into wrapped chunks.
+
+    ``strict_syntax``: see :func:`~babelclip.models.prompt.parse_prompt_weights` (``strict``); unmatched
+    parentheses read as text are named in the log (INFO)."""
+    parsed = parse_prompt_weights(prompt, strict=strict_syntax)
+    if parsed.literal:
+        log.info("Prompt weights: %s", parsed.describe_literal())
     text = parsed.text
     ids, offsets = encoder.tokenize(text) if text else ([], [])
     char_w = parsed.char_weights()
@@ -73,7 +81,7 @@ def tokenize_prompt(encoder: MultilingualEncoder, prompt: str) -> _Prompt:
 @torch.no_grad()  # inference only: no autograd graph through the adapter, whoever calls it
 def encode_prompts(encoder: MultilingualEncoder, adapter: Adapter, prompts: Sequence[str], *,
                    layer: LayerSpec | None = None, check_interrupt: Callable[[], None] | None = None,
-                   batch_size: int = 16) -> Conditioning:
+                   batch_size: int = 16, strict_syntax: bool = False) -> Conditioning:
     """Encode ``prompts`` into conditioning for the adapter's target family.
 
     Args:
@@ -83,6 +91,9 @@ def encode_prompts(encoder: MultilingualEncoder, adapter: Adapter, prompts: Sequ
         layer: encoder layer; by default the layer the adapter was trained on.
         check_interrupt: called between encoder batches (ComfyUI's cancel button).
         batch_size: chunks per encoder forward.
+        strict_syntax: False (default) reads the weight syntax as ComfyUI's CLIPTextEncode does (unmatched
+            parentheses are text, any finite weight counts); True refuses unmatched parentheses and weights
+            outside ``prompt.WEIGHT_RANGE`` with :class:`~babelclip.errors.InvalidPromptError`.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -94,7 +105,7 @@ def encode_prompts(encoder: MultilingualEncoder, adapter: Adapter, prompts: Sequ
             f"{encoder.info.name!r} gives {encoder.info.hidden_size}.")
     if layer is None:
         layer = getattr(getattr(adapter, "spec", None), "layer", "last")
-    parsed = [tokenize_prompt(encoder, p) for p in prompts]
+    parsed = [tokenize_prompt(encoder, p, strict_syntax=strict_syntax) for p in prompts]
     flat = [(i, c, w) for i, p in enumerate(parsed) for c, w in zip(p.chunks, p.weights)]
     width = max(len(c) for _, c, _ in flat)
     any_weight = any(x != 1.0 for _, _, w in flat for x in w)

@@ -111,9 +111,9 @@ def load(env: Env, path: Path):
     return load_adapter(path, encoder=env.xlmr.info, family=FAMILIES["sd1"])
 
 
-def encode(env: Env, prompt):
+def encode(env: Env, prompt, **options):
     adapter = build_adapter("linear", env.xlmr.info.hidden_size, FAMILIES["sd1"])
-    return encode_prompts(env.xlmr, adapter, prompt)
+    return encode_prompts(env.xlmr, adapter, prompt, **options)
 
 
 def safetensors_header(header: dict, data: bytes = b"") -> bytes:
@@ -156,6 +156,7 @@ def data(name: str, content: bytes | str) -> Callable[[Env], Path]:
 
 LOAD = load
 ENCODE = encode
+ENCODE_STRICT = lambda e, p: encode(e, p, strict_syntax=True)  # noqa: E731
 READ = lambda e, path: read_pairs(path)  # noqa: E731
 VALIDATE = lambda e, config: config.validate(4)  # noqa: E731
 ADAPTER_NAME = lambda e, name: resolve_inside([str(e.models)], name, "adapter")  # noqa: E731
@@ -262,19 +263,22 @@ CASES = [
         ("prompt", r"U\+2067", "Remove it")),
     Bad("prompt-combining-mark-flood", prompt("Z" + "\u0336\u0353" * 40 + "algo"), ENCODE, InvalidPromptError,
         ("prompt", "combining marks", "Remove the extra marks")),
-    Bad("prompt-unclosed-parenthesis", prompt("a (red cat on a roof"), ENCODE, InvalidPromptError,
-        ("prompt", "unclosed", r"missing '\)'")),
-    Bad("prompt-unmatched-close", prompt("a red cat:1.2) on a roof"), ENCODE, InvalidPromptError,
-        ("prompt", "unmatched", r"\\\)")),
+    # strict_syntax=True only: by default these are read as ComfyUI reads them (HARD_BUT_VALID_PROMPTS)
+    Bad("prompt-strict-unclosed-parenthesis", prompt("a (red cat on a roof"), ENCODE_STRICT, InvalidPromptError,
+        ("prompt", "unclosed", r"missing '\)'", "strict_syntax off")),
+    Bad("prompt-strict-unmatched-close", prompt("a red cat:1.2) on a roof"), ENCODE_STRICT, InvalidPromptError,
+        ("prompt", "unmatched", r"\\\)", "strict_syntax off")),
+    Bad("prompt-strict-weight-minus-5", prompt("(cat:-5)"), ENCODE_STRICT, InvalidPromptError,
+        (r"\(cat:-5\)", r"-2\.\.10", "Use a weight", "strict_syntax off")),
+    Bad("prompt-strict-weight-too-high", prompt("a (cat:25) on a roof"), ENCODE_STRICT, InvalidPromptError,
+        (r"\(cat:25\)", "Use a weight")),
+    # both readings
     Bad("prompt-nested-too-deep", prompt("(" * 20 + "cat" + ")" * 20), ENCODE, InvalidPromptError,
         ("prompt", "16 deep", "explicit weight")),
     Bad("prompt-weight-1e309", prompt("(cat:1e309)"), ENCODE, InvalidPromptError,
         ("1e309", "finite", r"\(word:1.2\)")),
     Bad("prompt-weight-nan", prompt("(cat:nan)"), ENCODE, InvalidPromptError, ("nan", "finite", r"\(word")),
-    Bad("prompt-weight-minus-5", prompt("(cat:-5)"), ENCODE, InvalidPromptError,
-        (r"\(cat:-5\)", r"-2\.\.10", "Use a weight")),
-    Bad("prompt-weight-too-high", prompt("a (cat:25) on a roof"), ENCODE, InvalidPromptError,
-        (r"\(cat:25\)", "Use a weight")),
+    Bad("prompt-strict-weight-inf", prompt("(cat:inf)"), ENCODE_STRICT, InvalidPromptError, ("inf", "finite")),
     # --- data files -----------------------------------------------------------------------------------
     Bad("data-wrong-columns", data("cols.tsv", "english\tgerman\na cat\teine Katze\n"), READ,
         InvalidDataError, ("cols.tsv:1", "lacks column", "expected en, text")),
@@ -467,6 +471,12 @@ HARD_BUT_VALID_PROMPTS = {
     "direction-marks": "\u05d7\u05ea\u05d5\u05dc\u200f cat\u200e",
     "combining-marks-within-limit": "e" + "\u0301" * 30,
     "escaped-parentheses": r"a \(literal\) cat :\)",
+    # stock CLIPTextEncode reads these as text and weights (issue 10): so does BabelCLIP by default
+    "emoticon": "emoticon :) smile",
+    "unclosed-parenthesis": "a red cat (sitting on a wooden roof",
+    "unmatched-close": "a red cat) on a roof",
+    "weight-minus-5": "(cat:-5) on a roof",
+    "weight-25": "a (cat:25) on a roof",
     "ten-thousand-characters": "a red cat " * 1000,
 }
 

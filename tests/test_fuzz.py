@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from babelclip.errors import BabelClipError, InvalidPromptError
 from babelclip.models import FAMILIES, build_adapter, load_adapter, parse_prompt_weights, read_adapter_spec
-from babelclip.models.prompt import WEIGHT_RANGE
+from babelclip.models.prompt import MAX_NESTING, WEIGHT_RANGE
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5000"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5), database=None,
@@ -44,6 +44,7 @@ PROMPTS = st.one_of(
 @FUZZ
 @given(PROMPTS)
 def test_prompt_parser_answers_every_input_with_a_parse_or_a_typed_error(prompt):
+    """The default (ComfyUI's) reading: text and finite weights, or a typed error."""
     try:
         parsed = parse_prompt_weights(prompt)
     except InvalidPromptError as e:
@@ -52,19 +53,20 @@ def test_prompt_parser_answers_every_input_with_a_parse_or_a_typed_error(prompt)
     weights = parsed.char_weights()
     assert len(weights) == len(parsed.text) <= len(prompt)
     assert all(math.isfinite(w) for w in weights)
-    lo, hi = WEIGHT_RANGE
-    assert all(lo <= w <= hi * 1.1 ** 16 for w in weights)
     assert all(t for t, _ in parsed.segments)
+    assert all(prompt[i] in "()" for i in parsed.literal)
 
 
 @FUZZ
 @given(PROMPTS)
-def test_lenient_parser_also_never_fails_untyped(prompt):
+def test_strict_parser_also_never_fails_untyped_and_keeps_weights_in_range(prompt):
     try:
-        parsed = parse_prompt_weights(prompt, strict=False)
+        parsed = parse_prompt_weights(prompt, strict=True)
     except InvalidPromptError:
         return
-    assert len(parsed.char_weights()) == len(parsed.text)
+    assert len(parsed.char_weights()) == len(parsed.text) and not parsed.literal
+    largest = max(abs(w) for w in WEIGHT_RANGE) * 1.1 ** MAX_NESTING  # (((x:-2))) multiplies -2 again
+    assert all(abs(w) <= largest for w in parsed.char_weights())
 
 
 # ------------------------------------------------------------------------------------- adapter files
