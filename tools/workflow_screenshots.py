@@ -1,7 +1,7 @@
 """Screenshots of the example workflows, loaded in a real ComfyUI frontend in headless Chromium.
 
 Writes ``example_workflows/<name>.jpg`` (the template browser's thumbnail of each example) and, with
-``--readme``, ``docs/<name>.jpg`` pictures for the README. It starts a ComfyUI server the way the integration
+``--readme``, ``docs/<name>.jpg`` pictures of the SD1.5 examples for the README. It starts a ComfyUI server the way the integration
 tests do (tests/integration/comfyui.py: this pack linked into a copy of the tree, CPU, loopback), opens it in
 Chromium with the DevTools protocol, loads each workflow with ``app.loadGraphData``, frames the whole graph
 and captures the page.
@@ -121,6 +121,8 @@ async def shoot(server_url: str, debug_port: int, workflows: list[Path]) -> dict
             await asyncio.sleep(1)
             log.info("%s: canvas %s", path.name, await dt.js(FRAME_JS % json.dumps(bounds(wf))))
             await asyncio.sleep(2)
+            await dt.js(FRAME_JS % json.dumps(bounds(wf)))  # again: the toolbar may have been drawn since
+            await asyncio.sleep(0.5)
             shot = await dt.call("Page.captureScreenshot", format="png")
             shots[path.stem] = base64.b64decode(shot["data"])
     return shots
@@ -145,7 +147,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--comfyui", type=Path, help="a ComfyUI tree (default: the 2024 tree of the tests)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
-    ap.add_argument("--readme", action="store_true", help="also write docs/<name>.jpg at 1600 px")
+    ap.add_argument("--readme", action="store_true", help="also write docs/<name>.jpg (SD1.5 examples) at 1600 px")
     ap.add_argument("--thumb-width", type=int, default=800)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -171,7 +173,7 @@ def main() -> None:
             server.stop()
     for name, png in shots.items():
         save_jpeg(png, REPO / "example_workflows" / f"{name}.jpg", args.thumb_width)
-        if args.readme:
+        if args.readme and "sd15" in name:  # the README shows the SD1.5 graphs
             save_jpeg(png, REPO / "docs" / f"{name}.jpg", 1600)
 
 
