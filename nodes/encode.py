@@ -19,6 +19,9 @@ _TOOLTIPS = {
                 "CLIP's tokens (keeps LoRA trigger words and English tags working); blend = mix token by token.",
     "clip_strength": "Weight of CLIP in blend mode and in the pooled vector of concat/blend (0 = BabelCLIP only).",
     "encoder_layer": "Which encoder layer feeds the adapter. 'from adapter' uses the layer it was trained on.",
+    "strict_syntax": "Off: read the weight syntax exactly as CLIP Text Encode does (an unmatched parenthesis is "
+                     "text, e.g. 'emoticon :)'; the console log names it). On: stop with an error on an unmatched "
+                     "parenthesis or a weight outside -2..10.",
 }
 
 
@@ -38,12 +41,13 @@ def _inputs(extra: dict | None = None) -> dict:
                                         "tooltip": _TOOLTIPS["clip_strength"]}),
             "encoder_layer": (list(LAYER_CHOICES), {"default": "from adapter",
                                                     "tooltip": _TOOLTIPS["encoder_layer"]}),
+            "strict_syntax": ("BOOLEAN", {"default": False, "tooltip": _TOOLTIPS["strict_syntax"]}),
         },
     }
 
 
 def encode(encoder, adapter, text, clip=None, clip_mix="off", clip_strength=0.5, encoder_layer="from adapter",
-           require_family: str | None = None):
+           strict_syntax=False, require_family: str | None = None):
     """Shared body of both encode nodes: returns ``(cond, pooled)`` on ComfyUI's intermediate device."""
     family = glue.clip_family(clip) if clip is not None else None
     if require_family and (family or adapter.spec.family).name != require_family:
@@ -58,7 +62,7 @@ def encode(encoder, adapter, text, clip=None, clip_mix="off", clip_strength=0.5,
     adapter_module = glue.ready_to_encode(encoder, adapter, family)
     layer = None if encoder_layer == "from adapter" else encoder_layer
     result = encode_prompts(encoder.encoder, adapter_module, [text], layer=layer,
-                            check_interrupt=glue.check_interrupt)
+                            check_interrupt=glue.check_interrupt, strict_syntax=bool(strict_syntax))
     clip_cond = clip_pooled = clip_empty = None
     if clip is not None and clip_mix != "off":
         clip_cond, clip_pooled = glue.clip_encode(clip, text)

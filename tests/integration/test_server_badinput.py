@@ -150,8 +150,15 @@ class Case:
     fails_in: str | None = None  # the node that raises, when not ``node`` (an adapter is checked at encode)
 
 
-def prompt_case(id: str, text: str) -> Case:
-    return Case(id, lambda f: cheap_graph(text), ENCODE_NODE, "text", error="InvalidPromptError", needle="prompt")
+def prompt_case(id: str, text: str, *, strict: bool = False) -> Case:
+    """strict: with strict_syntax on (unmatched parentheses and weights outside -2..10 are errors only then)."""
+    def graph(f: Files) -> dict:
+        g = cheap_graph(text)
+        if strict:
+            g[ENCODE_NODE]["inputs"]["strict_syntax"] = True
+        return g
+
+    return Case(id, graph, ENCODE_NODE, "text", error="InvalidPromptError", needle="prompt")
 
 
 def adapter_case(id: str, name: str | Callable[[Files], str], *, refused=False, error=None, fails_in=None) -> Case:
@@ -179,11 +186,11 @@ CASES = [
     prompt_case("prompt-lone-surrogate", "a red cat \ud800 on a roof"),  # json.dumps sends it as "\ud800"
     prompt_case("prompt-bidi-override", "a red cat \u202eon a roof"),
     prompt_case("prompt-combining-flood", "a red ca" + "t" + "\u0301" * 200),
-    prompt_case("prompt-unbalanced-paren", "(cat"),
+    prompt_case("prompt-strict-unbalanced-paren", "(cat", strict=True),
     prompt_case("prompt-nested-40-deep", "(" * 40 + "cat" + ")" * 40),
     prompt_case("prompt-weight-1e309", "(cat:1e309)"),
     prompt_case("prompt-weight-nan", "(cat:nan)"),
-    prompt_case("prompt-weight-minus-5", "(cat:-5)"),
+    prompt_case("prompt-strict-weight-minus-5", "(cat:-5)", strict=True),
     # Adapter names and files (models/babelclip)
     adapter_case("adapter-dotdot", "../babelclip/tiny-sd1.safetensors", refused=True),
     adapter_case("adapter-absolute", lambda f: str(f.adapters / "tiny-sd1.safetensors"), refused=True),
