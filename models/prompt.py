@@ -28,8 +28,8 @@ what to do. These limits protect the server and hold in both modes:
 * at most :data:`MAX_COMBINING_RUN` combining marks in a row (Unicode's
   stream-safe limit; "zalgo" floods stop here);
 * weight groups nest at most :data:`MAX_NESTING` deep, and weights are finite
-  numbers (``(word:inf)``, ``(word:nan)`` and ``(word:1e309)`` would turn the
-  whole conditioning into NaN).
+  numbers (``(word:inf)``, ``(word:nan)`` and ``(word:1e309)`` would make the
+  conditioning infinite or NaN).
 """
 
 from __future__ import annotations
