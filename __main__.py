@@ -8,10 +8,13 @@ conditioning and prints what a ComfyUI KSampler would receive.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
+import textwrap
 import time
 
 
@@ -48,6 +51,34 @@ def demo(args) -> int:
     return 0
 
 
+def _printable(text: str) -> str:
+    """``text`` with control and other non-printing characters escaped, so metadata cannot drive the terminal."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _parsed(value: str):
+    """A metadata value as JSON when it is JSON (most babelclip.* keys), else the string itself."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _metadata_lines(key: str, value: str, width: int) -> list[str]:
+    """One metadata entry, whole: a JSON object one key per line; anything else wrapped to ``width``."""
+    data = _parsed(value)
+    if isinstance(data, dict) and data:
+        lines = [f"  {_printable(key)}:"]
+        for sub, item in data.items():
+            text = item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)
+            wrapped = textwrap.wrap(_printable(f"{sub}: {text}"), width, initial_indent="      ",
+                                    subsequent_indent="        ", break_on_hyphens=False)
+            lines += wrapped or [f"      {_printable(sub)}:"]
+        return lines
+    return textwrap.wrap(_printable(f"{key}: {value}"), width, initial_indent="  ", subsequent_indent="      ",
+                         break_on_hyphens=False) or [f"  {_printable(key)}:"]
+
+
 def info(args) -> int:
     from .errors import BabelClipError
     from .models import read_adapter_spec
@@ -57,9 +88,13 @@ def info(args) -> int:
     except BabelClipError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.json:
+        print(json.dumps({k: _parsed(v) for k, v in sorted(spec.metadata.items())}, indent=2, ensure_ascii=False))
+        return 0
     print(spec.describe())
+    width = max(60, shutil.get_terminal_size().columns - 1)
     for key, value in sorted(spec.metadata.items()):
-        print(f"  {key}: {value[:200]}")
+        print("\n".join(_metadata_lines(key, value, width)))
     return 0
 
 
@@ -69,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="encode prompts in ten languages with tiny built-in models (no download)")
     p.add_argument("--workdir", help="where to write the tiny encoder and adapters (default: a temp folder)")
     p.set_defaults(func=demo)
-    p = sub.add_parser("info", help="print an adapter file's metadata")
+    p = sub.add_parser("info", help="print an adapter file's metadata, whole (JSON values one key per line)")
     p.add_argument("adapter", help="path to an adapter .safetensors file")
+    p.add_argument("--json", action="store_true", help="print the metadata as one JSON object instead")
     p.set_defaults(func=info)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
