@@ -94,12 +94,21 @@ def _finite(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+REPORT_LEGEND = (
+    "Held-out pairs, per language. r@k: the share of pairs whose partner ranks in the top k among that language's "
+    "pairs, averaged over both directions (translation -> English and English -> translation); a random ranking "
+    "scores k / pairs. mean_recall: the mean of r@1, r@5 and r@10. cosine: mean cosine between the adapter's and "
+    "the teacher's embedding of a true pair.")
+
+
 def report_markdown(report: dict) -> str:
-    """A Markdown table: one row per language plus the average."""
+    """A Markdown table, one row per language plus the average, under a line saying what the columns mean."""
     cols = ["r@1", "r@5", "r@10", "mean_recall", "cosine"]
+    legend = REPORT_LEGEND
     if not math.isnan(report["average"].get("token_mse", float("nan"))):
         cols.append("token_mse")
-    lines = ["| language | pairs | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+        legend += " token_mse: mean squared error to the teacher's tokens, where the token counts agree."
+    lines = [legend, "", "| language | pairs | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     cell = lambda v: "—" if math.isnan(v) else f"{v:.3f}"  # noqa: E731
     for lang, m in report["languages"].items():
         lines.append(f"| {lang} | {m['pairs']} | " + " | ".join(cell(m[c]) for c in cols) + " |")
