@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidDataError
-from .recipes import Batch, Recipe, register_recipe
+from .recipe_base import Batch, Recipe
 from .unet import add_noise
 
 __all__ = ["Pea", "MuLan", "ImageAsPivot"]
@@ -53,7 +53,6 @@ class _UNetRecipe(Recipe):
         return noise, eps_t, eps_s, teacher_feats, student_feats
 
 
-@register_recipe
 class Pea(_UNetRecipe):
     name = "pea"
     approach = "PEA-Diffusion (plug-and-play language adapter, KD through the frozen UNet)"
@@ -71,7 +70,6 @@ class Pea(_UNetRecipe):
         return loss, {"eps_kd": kd.item(), "features": float(feats.detach()), "noise": denoise.item()}
 
 
-@register_recipe
 class MuLan(_UNetRecipe):
     name = "mulan"
     approach = "MuLan language adapter (denoising loss, English image-text only)"
@@ -87,7 +85,6 @@ class MuLan(_UNetRecipe):
         return loss, {"noise": loss.item()}
 
 
-@register_recipe
 class ImageAsPivot(_UNetRecipe):
     name = "iap"
     approach = "Image-as-Pivot: align cross-attention outputs, image latents as pivots"
