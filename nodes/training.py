@@ -20,16 +20,55 @@ from ..models.adapters import ARCHITECTURES
 from ..training.data import dedup, pairs_from_text, read_pairs, split_pairs
 from ..training.evaluation import evaluate_adapter, report_markdown
 from ..training.features import prepare_text_features, teacher_layout_for
-from ..training.recipes import RECIPES, get_recipe
+from ..training.recipes import DEFAULT_RECIPE, get_recipe, list_recipes, recipe_help
 from ..training.trainer import TrainConfig, train
 from . import glue, train_glue
 
 DATA_NONE = "(use the text box)"
 
 
-def _recipes() -> list[str]:
-    get_recipe("altclip-kd")  # imports the UNet recipes too
-    return sorted(RECIPES)
+class Cancel:
+    """ComfyUI's cancel button as a flag the core polls between steps.
+
+    ComfyUI's progress hook raises ``InterruptProcessingException`` (and clears its interrupt flag) when the user
+    cancels. Raised inside the core's progress callback it would leave the training loop mid-way, before the
+    core could write its checkpoint. So the exception is caught here and remembered; ``should_stop`` then tells
+    the core to finish the step, save and return, and :meth:`raise_if_cancelled` ends the node the way ComfyUI
+    expects an interrupted node to end.
+    """
+
+    def __init__(self):
+        self.requested = False
+
+    def progress_bar(self, total: int):
+        """A ``(done, total, *ignored)`` callback that moves a ComfyUI progress bar and notices a cancel."""
+        bar = comfy.utils.ProgressBar(total)
+
+        def update(done: int, total: int, *_) -> None:
+            if self.requested:
+                return
+            try:
+                bar.update_absolute(done, total)
+            except mm.InterruptProcessingException:
+                self.requested = True
+        return update
+
+    def should_stop(self) -> bool:
+        return self.requested or mm.processing_interrupted()
+
+    def raise_if_cancelled(self) -> None:
+        if self.requested:
+            raise mm.InterruptProcessingException()
+        mm.throw_exception_if_processing_interrupted()
+
+
+def _caching_progress(cancel: Cancel):
+    """Progress of the feature caches (encoder, then teacher), each on its own bar."""
+    bars: dict = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        bars.setdefault(name, cancel.progress_bar(total))(done, total)
+    return progress
 
 
 def _data_files() -> list[str]:
@@ -121,8 +160,9 @@ class TrainAdapter:
                 "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP: the frozen teacher (CLIPSetLastLayer and LoRAs "
                                              "are honoured)."}),
                 "encoder": ("BABELCLIP_ENCODER", {"tooltip": "The frozen multilingual encoder."}),
-                "recipe": (_recipes(), {"default": "altclip-kd", "tooltip": "altclip-kd / mclip-trikd: text only. "
-                                        "pea, mulan, iap: through the UNet, need model, vae and images."}),
+                "recipe": ([r.name for r in list_recipes()], {"default": DEFAULT_RECIPE, "tooltip":
+                           "What the adapter is trained with, and what it needs — " + recipe_help() + ". "
+                           "The denoiser recipes train through the UNet: connect model, vae and images."}),
                 "arch": (sorted(ARCHITECTURES), {"default": "mlp", "tooltip": "Adapter architecture."}),
                 "data_file": (_data_files(), {"tooltip": "A TSV/CSV/JSONL (en, text[, lang][, image]) or .txt file in "
                                                          "ComfyUI's input folder, or use the text box."}),
@@ -152,8 +192,9 @@ class TrainAdapter:
         pairs = _pairs(data_file, prompts)
         recipe_obj = get_recipe(recipe)
         if recipe_obj.needs_unet and (model is None or vae is None or images is None):
+            text_only = " / ".join(r.name for r in list_recipes() if not r.needs_images)
             raise InvalidDataError(f"Recipe {recipe!r} trains through the UNet: connect model, vae and images "
-                                   f"(one image per row), or choose altclip-kd / mclip-trikd.")
+                                   f"(one image per row), or choose {text_only}.")
         teacher = train_glue.ComfyClipTeacher(clip)
         train_pairs, val_pairs = split_pairs(pairs, 0.1 if len(pairs) >= 20 else 0.0, seed=seed)
         config = TrainConfig(steps=steps, lr=learning_rate, batch_size=batch_size, seed=seed, device="cpu"
@@ -161,13 +202,14 @@ class TrainAdapter:
         config.validate(len(train_pairs))
         glue.load_encoder_for_features(encoder)
         layer = "last"
+        cancel = Cancel()
         # only what the recipe reads for this architecture: 3 KB per prompt instead of 118 KB where it can
         data = prepare_text_features(train_pairs, encoder.encoder, teacher, _cache_dir(), layer=layer,
-                                     should_stop=mm.processing_interrupted,
+                                     progress=_caching_progress(cancel), should_stop=cancel.should_stop,
                                      teacher_layout=teacher_layout_for(ARCHITECTURES[arch], recipe_obj))
-        mm.throw_exception_if_processing_interrupted()
+        cancel.raise_if_cancelled()  # what was cached so far stays cached
         unet = None
-        use_vision = recipe == "mclip-trikd" and clip_vision is not None and images is not None
+        use_vision = recipe_obj.uses_image_embeddings and clip_vision is not None and images is not None
         if recipe_obj.needs_unet or use_vision:
             if images.shape[0] != len(pairs):
                 raise InvalidDataError(f"{images.shape[0]} images for {len(pairs)} data rows: give one per row.")
@@ -184,18 +226,17 @@ class TrainAdapter:
                 data = _WithImages(data, latents=train_glue.encode_images(vae, model, images)[rows])
         path = _unique_path(adapter_name)
         checkpoint = os.path.join(_cache_dir(), f"{os.path.basename(path)[:-12]}-{recipe}-{arch}-{seed}.ckpt")
-        bar = comfy.utils.ProgressBar(steps)
         with torch.inference_mode(False), torch.enable_grad():
             torch.manual_seed(seed)
             adapter = build_adapter(arch, encoder.info.hidden_size, teacher.family)
             result = train(adapter, recipe_obj, data, config, checkpoint=checkpoint, unet=unet,
-                           progress=lambda s, total, loss: bar.update_absolute(s, total),
-                           should_stop=mm.processing_interrupted)
-        mm.throw_exception_if_processing_interrupted()  # cancelled: the checkpoint is kept for a resume
+                           progress=cancel.progress_bar(steps), should_stop=cancel.should_stop)
+        cancel.raise_if_cancelled()  # the checkpoint of the last finished step is kept for a resume
         metrics = {}
         if val_pairs:
             val = prepare_text_features(val_pairs, encoder.encoder, teacher, _cache_dir(), layer=layer,
-                                        teacher_layout=teacher_layout_for(adapter))
+                                        teacher_layout=teacher_layout_for(adapter), should_stop=cancel.should_stop)
+            cancel.raise_if_cancelled()  # the finished run's checkpoint is kept: queueing again saves it
             metrics = evaluate_adapter(adapter, val)["average"]
         save_adapter(adapter.cpu(), path, {
             "encoder": encoder.info, "family": teacher.family.name, "layer": layer,
@@ -254,8 +295,11 @@ class EvaluateAdapter:
         pairs = _pairs(data_file, prompts)
         teacher = train_glue.ComfyClipTeacher(clip)
         model = glue.ready_to_encode(encoder, adapter, teacher.family)
+        cancel = Cancel()
         feats = prepare_text_features(pairs, encoder.encoder, teacher, _cache_dir(), layer=adapter.spec.layer,
-                                      teacher_layout=teacher_layout_for(model))
+                                      teacher_layout=teacher_layout_for(model), progress=_caching_progress(cancel),
+                                      should_stop=cancel.should_stop)
+        cancel.raise_if_cancelled()  # what was cached so far stays cached
         report = evaluate_adapter(model, feats)
         return (report_markdown(report), _chart_image(report))
 

@@ -137,9 +137,10 @@ class ComfyServer:
         """Queue an API-format graph and wait for its /history entry."""
         return self.wait(self.queue(graph), timeout)
 
-    def queue(self, graph: dict) -> str:
-        """Queue an API-format graph without waiting; returns its prompt id."""
-        answer = self.post("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+    def queue(self, graph: dict, client_id: str | None = None) -> str:
+        """Queue an API-format graph without waiting; returns its prompt id. Progress messages of the run go
+        to the websocket of ``client_id`` (see :class:`ProgressListener`)."""
+        answer = self.post("/prompt", {"prompt": graph, "client_id": client_id or uuid.uuid4().hex})
         if "prompt_id" not in answer:
             raise AssertionError(f"/prompt refused the graph: {answer}")
         return answer["prompt_id"]
@@ -174,3 +175,60 @@ class ComfyServer:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class ProgressListener:
+    """The ``progress`` messages a server sends to one client over its websocket (``/ws?clientId=``), as the
+    frontend receives them, collected by a background thread. Use as a context manager."""
+
+    def __init__(self, server: ComfyServer):
+        import queue
+        import threading
+
+        self.client_id = uuid.uuid4().hex
+        self.messages: "queue.Queue[dict]" = queue.Queue()
+        self._ready, self._done = threading.Event(), threading.Event()
+        self._url = f"ws://127.0.0.1:{server.port}/ws?clientId={self.client_id}"
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "ProgressListener":
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError(f"could not connect to {self._url}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.run(self._listen())
+
+    async def _listen(self) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session, session.ws_connect(self._url) as ws:
+            self._ready.set()
+            while not self._done.is_set():
+                try:
+                    msg = await ws.receive(timeout=0.2)
+                except TimeoutError:
+                    continue
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        return
+                    continue
+                data = json.loads(msg.data)
+                if data.get("type") == "progress":
+                    self.messages.put(data["data"])
+
+    def next(self, timeout: float = 120) -> dict:
+        """The next progress message ``{"value", "max", ...}``; TimeoutError when none comes."""
+        import queue
+
+        try:
+            return self.messages.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no progress message in {timeout}s") from None
