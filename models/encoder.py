@@ -256,12 +256,21 @@ def _max_length(cfg, tokenizer) -> int:
     return min(limits) if limits else 512
 
 
+def download_command(repo: str, folder: str) -> str:
+    """The shell command that downloads what BabelCLIP loads of an encoder repo (no pickles) into ``folder``.
+
+    ``hf`` is the command-line tool of huggingface-hub (0.34 and later; 1.0 dropped ``huggingface-cli``).
+    """
+    return (f'hf download {repo} --include "*.json" --include "*.safetensors" --include "*.model" '
+            f'--local-dir {folder}')
+
+
 def _read_config(folder: str) -> dict:
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise InvalidModelFileError(
             f"Encoder folder {folder!r} has no config.json. Point BabelCLIP at a Hugging Face model "
-            f"folder, e.g. one made by `huggingface-cli download xlm-roberta-large --local-dir {folder}`."
+            f"folder, e.g. one made by `{download_command('FacebookAI/xlm-roberta-large', folder)}`."
         )
     try:
         with open(path, encoding="utf-8") as f:
@@ -285,8 +294,8 @@ def _check_weights(folder: str) -> None:
         raise InvalidModelFileError(
             f"Encoder folder {folder!r} only has pickle weights ({', '.join(sorted(pickles))}), which "
             f"BabelCLIP never loads because they can run code. Download the safetensors version "
-            f"(`huggingface-cli download <repo> --include '*.safetensors' '*.json' '*.model' --local-dir "
-            f"{folder}`) or convert it with `safetensors`' convert script in a trusted environment."
+            f"(`{download_command('<repo>', folder)}`) or convert it with `safetensors`' convert script in a "
+            f"trusted environment."
         )
     raise InvalidModelFileError(
         f"Encoder folder {folder!r} has no weights (*.safetensors). Download the full model folder."
@@ -356,7 +365,7 @@ def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None =
     if not os.path.isdir(folder):
         raise InvalidModelFileError(
             f"Encoder folder {folder!r} does not exist. Put the Hugging Face folder of a multilingual "
-            f"encoder there (e.g. `huggingface-cli download xlm-roberta-large --local-dir {folder}`)."
+            f"encoder there (e.g. `{download_command('FacebookAI/xlm-roberta-large', folder)}`)."
         )
     cfg = _read_config(folder)
     if "auto_map" in cfg:

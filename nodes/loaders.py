@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..models.encoder import download_command
 from . import glue
 
 
@@ -19,8 +20,9 @@ class LoadEncoder:
         return {"required": {
             "encoder_name": (glue.list_encoders(), {
                 "tooltip": "A folder with config.json, *.safetensors weights and tokenizer files under "
-                           "models/text_encoders or models/clip, e.g. one made by `huggingface-cli download "
-                           "xlm-roberta-large --local-dir models/text_encoders/xlm-roberta-large`."}),
+                           "models/text_encoders or models/clip, e.g. one made by `"
+                           + download_command("FacebookAI/xlm-roberta-large", "models/text_encoders/xlm-roberta-large")
+                           + "`."}),
         }, "optional": {
             "int8_on_cpu": ("BOOLEAN", {
                 "default": False,

@@ -230,9 +230,9 @@ CASES = [
         InvalidModelFileError, ("absent.safetensors", "does not exist", "Put adapters in")),
     # --- encoder folders ------------------------------------------------------------------------------
     Bad("encoder-folder-missing", lambda e: e.root / "nowhere", ENCODER,
-        InvalidModelFileError, ("nowhere", "does not exist", "huggingface-cli download")),
+        InvalidModelFileError, ("nowhere", "does not exist", "hf download")),
     Bad("encoder-without-config", lambda e: e.encoder_copy("noconf", drop=["config.json"]), ENCODER,
-        InvalidModelFileError, ("noconf", "config.json", "huggingface-cli download")),
+        InvalidModelFileError, ("noconf", "config.json", "hf download")),
     Bad("encoder-config-not-json", lambda e: _write(e.encoder_copy("badconf") / "config.json", "{oops"), ENCODER,
         InvalidModelFileError, ("badconf", "Download the encoder folder again")),
     Bad("encoder-without-tokenizer", lambda e: e.encoder_copy(
