@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
-"$VENV/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" torch==2.13.0
+install_torch
 "${PIP[@]}" -e .
 "${PIP[@]}" --no-deps mulankit==1.0.2 multilingual-clip==1.0.10
 "${PIP[@]}" "diffusers>=0.27" psutil

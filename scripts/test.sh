@@ -7,11 +7,7 @@ cd "$(dirname "$0")/.."
 
 source scripts/venv.sh
 
-# torch is pinned here (never in requirements.txt): ComfyUI needs a torchvision that matches it.
-case "$(uname -m)" in
-  aarch64|arm64) "${PIP[@]}" torch==2.9.1 torchvision==0.24.1 ;;
-  *)             "${PIP[@]}" torch==2.14.1 torchvision==0.29.1 ;;
-esac
+install_torch
 # The pack itself (editable, as `babelclip`), its test extras, and what the 2024-03 ComfyUI imports.
 "${PIP[@]}" -e ".[test]" -r tests/requirements-comfyui.txt
 if [ -n "${COMFYUI_PATH:-}" ]; then
