@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -21,6 +22,46 @@ def test_help_of_every_command(command):
     out = subprocess.run([sys.executable, "-m", "babelclip.training", command, "--help"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "usage: python -m babelclip.training " + command in out.stdout
+
+
+def _subparsers():
+    import argparse
+
+    from babelclip.training.cli import build_parser
+
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_option_says_what_it_is_and_its_default():
+    """--help of each command: every option has a text, and every option with a default shows it."""
+    for name, sub in _subparsers().items():
+        for action in sub._actions:
+            if not action.option_strings or action.option_strings == ["-h", "--help"]:
+                continue
+            assert action.help, f"{name} {action.option_strings[0]} has no help text"
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, False) and not action.required \
+                    and action.option_strings != ["-h", "--help"]:
+                assert f"(default: {action.default})" in text, f"{name} {action.option_strings[0]}: no default"
+    train = " ".join(_subparsers()["train"].format_help().split())
+    for shown in ("--steps STEPS optimizer steps (default: 1000)", "--lr LR peak learning rate",
+                  "--seed SEED seed of", "--checkpoint-every CHECKPOINT_EVERY steps between resumable checkpoints",
+                  "(default: " + os.path.join(os.path.expanduser("~"), ".cache", "babelclip", "features") + ")"):
+        assert shown in train
+
+
+def test_recipe_and_arch_choices_come_from_the_registries():
+    from babelclip.models.adapters import ARCHITECTURES
+    from babelclip.training.recipes import RECIPES
+
+    subs = _subparsers()
+    for name in ("train", "demo"):
+        actions = {a.dest: a for a in subs[name]._actions}
+        assert list(actions["arch"].choices) == list(ARCHITECTURES)
+        recipes = set(actions["recipe"].choices)
+        assert recipes == set(RECIPES) if name == "train" else {"altclip-kd", "mclip-trikd"} <= recipes < set(RECIPES)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +99,44 @@ def test_train_writes_an_adapter_with_metadata_and_evaluation(setup, capsys):
     assert set(data["languages"]) == {"de", "ru"}
     for m in [*data["languages"].values(), data["average"]]:
         assert set(m) == {"r@1", "r@5", "r@10", "mean_recall", "cosine"}
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--device", "cuda:0"], "--device 'cuda:0'"),
+    (["--device", "tpu"], "--device 'tpu'"),
+    (["--data", "missing.tsv"], "missing.tsv"),
+    (["--layer", "middle"], "--layer 'middle'"),
+    (["--clip-vision", "."], "--clip-vision is used by mclip-trikd only"),
+    (["--recipe", "pea"], "diffusers folder with unet/ and vae/"),
+    (["--batch-size", "100000"], "larger than the"),
+])
+def test_train_checks_its_arguments_before_loading_a_model(setup, tmp_path, capsys, bad, message):
+    """The encoder given is an empty folder: an error about it would mean a model was loaded before the check."""
+    import torch
+
+    d, common = setup
+    if bad[:2] == ["--device", "cuda:0"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    empty = tmp_path / "not-an-encoder"
+    empty.mkdir()
+    args = dict(zip(common[::2], common[1::2]))
+    args.update({"--encoder": str(empty), "--cache-dir": str(tmp_path / "cache"), "--data": str(d / "pairs.tsv"),
+                 "--out": str(tmp_path / "a.safetensors")})
+    args.update(dict(zip(bad[::2], bad[1::2])))
+    if args["--data"] == "missing.tsv":
+        args["--data"] = str(tmp_path / "missing.tsv")
+    assert main(["train", *[x for kv in args.items() for x in kv]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "a.safetensors.ckpt").exists()
+
+
+def test_unknown_recipe_or_arch_is_an_argparse_error(setup, capsys):
+    d, common = setup
+    for option in ("--recipe", "--arch"):
+        with pytest.raises(SystemExit) as e:
+            main(["train", *common, "--data", str(d / "pairs.tsv"), "--out", str(d / "z.safetensors"), option, "nope"])
+        assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 def test_errors_are_one_line_and_exit_2(setup, capsys):

@@ -9,15 +9,26 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import time
 
-from ..errors import BabelClipError
+from ..errors import BabelClipError, IncompatibleAdapterError, InvalidDataError, InvalidModelFileError
 from ..models.files import atomic_write
 
 log = logging.getLogger("babelclip.training")
 
 SHIPPED_PROMPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "prompts.tsv")
+
+
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "babelclip", "features")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's help ends with its default; required options and off-by-default switches have none."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _common(p: argparse.ArgumentParser, *, teacher: bool = True) -> None:
@@ -27,14 +38,29 @@ def _common(p: argparse.ArgumentParser, *, teacher: bool = True) -> None:
                             "or a diffusers folder")
         p.add_argument("--clip-tokenizer", help="folder with CLIP's vocab.json + merges.txt (default: the diffusers "
                                                 "folder's tokenizer/; single-file checkpoints need it)")
-        p.add_argument("--clip-skip", type=int, default=None, help="like CLIPSetLastLayer: -1 last, -2 penultimate")
+        p.add_argument("--clip-skip", type=int, default=None,
+                       help="like CLIPSetLastLayer: -1 last layer, -2 penultimate (default: the layer ComfyUI uses for "
+                            "the checkpoint's family)")
     p.add_argument("--encoder", required=True, help="Hugging Face folder of the frozen multilingual encoder")
     p.add_argument("--data", required=True, help="TSV/CSV/JSONL with columns en,text[,lang][,image], or a .txt "
                                                  "of English prompts")
-    p.add_argument("--layer", default="last", help="encoder layer: last, penultimate or an index")
-    p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "babelclip", "features"),
-                   help="where frozen features are cached")
+    p.add_argument("--layer", default="last", help="encoder layer the adapter reads: last, penultimate or an index")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                   help="where the frozen encoder and teacher features are cached, keyed by model and text "
+                        "(reused by later runs; safe to delete)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per step / per frozen-model batch")
+
+
+def _layer(value: str):
+    """``--layer`` as the encoder takes it; anything else is refused before a model loads."""
+    key = value.strip().lower()
+    if key in ("last", "penultimate"):
+        return key
+    try:
+        return int(key)
+    except ValueError:
+        raise InvalidDataError(f"--layer {value!r} is not valid: use last, penultimate or a layer index "
+                               f"(0 = the embeddings, -1 = the last layer).") from None
 
 
 def _load(args):
@@ -42,11 +68,11 @@ def _load(args):
     from ..models.teacher import load_teacher
     from .data import dedup, read_pairs
 
+    layer = _layer(args.layer)
+    pairs = dedup(read_pairs(args.data))
     encoder = load_encoder(args.encoder)
     teacher = load_teacher(args.teacher, args.clip_tokenizer)
     teacher.clip_skip = args.clip_skip
-    pairs = dedup(read_pairs(args.data))
-    layer = int(args.layer) if args.layer.lstrip("-").isdigit() else args.layer
     return encoder, teacher, pairs, layer
 
 
@@ -105,12 +131,10 @@ def cmd_cache(args) -> int:
     return 0
 
 
-def _image_embeds(args, recipe, pairs, text_features, teacher):
+def _image_embeds(args, pairs, text_features, teacher):
     """mclip-trikd's image side: CLIP image embeddings of each row's image, from --clip-vision."""
     from .images import ImageTextFeatures, hf_clip_vision_embedder, prepare_image_embeds
 
-    if recipe.name != "mclip-trikd":
-        raise BabelClipError(f"--clip-vision is used by mclip-trikd only, not by {recipe.name!r}.")
     embed, dim, fingerprint = hf_clip_vision_embedder(args.clip_vision)
     if dim != teacher.family.pooled_dim:
         raise BabelClipError(
@@ -123,19 +147,12 @@ def _image_embeds(args, recipe, pairs, text_features, teacher):
 
 def _unet_and_latents(args, pairs, text_features):
     """UNet recipes from the CLI: the UNet and VAE of a diffusers folder; images encoded once."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # installed: checked by _check_unet_teacher
+
     from ..models.adapter_file import tensor_hash
     from .images import ImageTextFeatures, diffusers_vae_encoder, prepare_latents
     from .unet import DiffusersUNet
 
-    if not os.path.isdir(os.path.join(args.teacher, "unet")) or not os.path.isdir(os.path.join(args.teacher, "vae")):
-        raise BabelClipError(
-            f"Recipe {args.recipe!r} trains through the UNet: from the command line --teacher must be a diffusers "
-            f"folder with unet/ and vae/ (single-file checkpoints: use the 'BabelCLIP Train Adapter' node in "
-            f"ComfyUI, which takes the loaded MODEL and VAE).")
-    try:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-    except ImportError:
-        raise BabelClipError("UNet recipes from the command line need diffusers: pip install diffusers") from None
     try:  # safetensors only: a folder with just diffusion_pytorch_model.bin is refused, never unpickled
         unet = UNet2DConditionModel.from_pretrained(os.path.join(args.teacher, "unet"), local_files_only=True,
                                                     use_safetensors=True)
@@ -151,44 +168,146 @@ def _unet_and_latents(args, pairs, text_features):
     return DiffusersUNet(unet.float()), ImageTextFeatures(text_features, latents)
 
 
-def cmd_train(args) -> int:
+@dataclasses.dataclass
+class TrainPlan:
+    """What the ``train`` arguments ask for, checked before any model loads or cache file is written."""
+
+    out: str
+    recipe: object
+    config: object
+    pairs: list
+    train_pairs: list
+    val_pairs: list
+    layer: object
+
+
+def _check_device(device: str) -> None:
     import torch
 
-    from ..models import build_adapter, save_adapter
-    from .data import split_pairs
-    from .evaluation import evaluate_adapter, report_markdown, write_report
-    from .features import teacher_layout_for
+    try:
+        parsed = torch.device(device) if device != "auto" else None
+    except (RuntimeError, ValueError):
+        raise InvalidDataError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or auto.") from None
+    if parsed is None or parsed.type == "cpu":
+        return
+    available = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available()}
+    if parsed.type not in available:
+        raise InvalidDataError(f"--device {device!r}: training runs on cpu, cuda or mps; use cpu, cuda, cuda:N or "
+                               f"auto.")
+    if not available[parsed.type]():
+        raise InvalidDataError(f"--device {device!r} was asked for but {parsed.type.upper()} is not available on "
+                               f"this machine; use --device cpu (or auto). BabelCLIP never falls back silently.")
+
+
+def _check_unet_teacher(args) -> None:
+    """UNet recipes from the CLI read the UNet and VAE of a diffusers folder, with diffusers installed."""
+    if not os.path.isdir(os.path.join(args.teacher, "unet")) or not os.path.isdir(os.path.join(args.teacher, "vae")):
+        raise BabelClipError(
+            f"Recipe {args.recipe!r} trains through the UNet: from the command line --teacher must be a diffusers "
+            f"folder with unet/ and vae/ (single-file checkpoints: use the 'BabelCLIP Train Adapter' node in "
+            f"ComfyUI, which takes the loaded MODEL and VAE).")
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise BabelClipError("UNet recipes from the command line need diffusers: pip install diffusers") from None
+
+
+def _check_recipe_inputs(args, recipe, pairs) -> None:
+    from .recipes import list_recipes
+
+    if recipe.needs_unet:
+        _check_unet_teacher(args)
+    if args.clip_vision and not recipe.uses_image_embeddings:
+        users = ", ".join(r.name for r in list_recipes() if r.uses_image_embeddings)
+        raise BabelClipError(f"--clip-vision is used by {users} only, not by {recipe.name!r}.")
+    if recipe.needs_images:
+        missing = [p for p in pairs if p.image is None]
+        if missing:
+            raise InvalidDataError(f"Recipe {recipe.name!r} needs an image for every row; {missing[0].where} has "
+                                   f"none ({len(missing)} rows without one). Add an image column or choose a text "
+                                   f"recipe.")
+
+
+def check_train_args(args) -> TrainPlan:
+    """Every check that needs no model: output, recipe, architecture, device, paths, data file, settings."""
+    from ..models.adapters import ARCHITECTURES
+    from .data import dedup, read_pairs, split_pairs
     from .recipes import get_recipe
-    from .trainer import TrainConfig, train
+    from .trainer import TrainConfig
 
     out = os.path.abspath(args.out)
     if not out.endswith(".safetensors"):
         raise BabelClipError(f"--out {args.out!r} must end in .safetensors")
     if os.path.exists(out) and not args.overwrite:
         raise BabelClipError(f"{out!r} exists; choose another --out or pass --overwrite")
-    encoder, teacher, pairs, layer = _load(args)
-    train_pairs, val_pairs = split_pairs(pairs, args.val_fraction, seed=args.seed)
     recipe = get_recipe(args.recipe)
+    if args.arch not in ARCHITECTURES:
+        raise IncompatibleAdapterError(f"--arch {args.arch!r} is not an adapter architecture; choose one of "
+                                       f"{', '.join(sorted(ARCHITECTURES))}.")
+    _check_device(args.device)
+    for option, path in (("--teacher", args.teacher), ("--encoder", args.encoder),
+                         ("--clip-tokenizer", args.clip_tokenizer), ("--clip-vision", args.clip_vision)):
+        if path is not None and not os.path.exists(path):
+            raise InvalidModelFileError(f"{option} {path!r} does not exist. Check the path (relative paths start in "
+                                        f"the current folder).")
+    layer = _layer(args.layer)
+    pairs = dedup(read_pairs(args.data))
+    _check_recipe_inputs(args, recipe, pairs)
+    train_pairs, val_pairs = split_pairs(pairs, args.val_fraction, seed=args.seed)
     config = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          device=args.device, checkpoint_every=args.checkpoint_every)
     config.validate(len(train_pairs))
+    return TrainPlan(out, recipe, config, pairs, train_pairs, val_pairs, layer)
+
+
+@dataclasses.dataclass
+class TrainRun:
+    """The loaded frozen models, the fresh adapter and the cached features of one ``train`` run."""
+
+    encoder: object
+    teacher: object
+    adapter: object
+    train_feats: object
+    val_feats: object
+    unet: object
+    state: object
+
+
+def prepare_training(args, plan: TrainPlan, arch_options: dict | None = None) -> TrainRun:
+    """Load the frozen models, build the adapter and fill the feature caches (only what is missing)."""
+    import torch
+
+    from ..models import build_adapter, load_encoder
+    from ..models.teacher import load_teacher
+    from .features import teacher_layout_for
+
+    encoder = load_encoder(args.encoder)
+    teacher = load_teacher(args.teacher, args.clip_tokenizer)
+    teacher.clip_skip = args.clip_skip
     torch.manual_seed(args.seed)
-    adapter = build_adapter(args.arch, encoder.info.hidden_size, teacher.family)
-    print(recipe.describe(adapter))
-    print(f"{len(train_pairs)} training and {len(val_pairs)} held-out pairs from {args.data}")
+    adapter = build_adapter(args.arch, encoder.info.hidden_size, teacher.family, **(arch_options or {}))
+    print(plan.recipe.describe(adapter))
+    print(f"{len(plan.train_pairs)} training and {len(plan.val_pairs)} held-out pairs from {args.data}")
     state = _process_state(args.device)
     if not isinstance(state, _SingleProcess) and state.is_main_process:
         print(f"data parallel over {state.num_processes} processes (accelerate)")
     with state.main_process_first():  # under `accelerate launch`, the main process fills the caches first
         # the teacher's 77 tokens are cached only when the recipe and adapter read them (features.py)
-        train_feats = _features(args, train_pairs, encoder, teacher, layer, teacher_layout_for(adapter, recipe))
-        val_feats = (_features(args, val_pairs, encoder, teacher, layer, teacher_layout_for(adapter))
-                     if val_pairs else None)
+        train_feats = _features(args, plan.train_pairs, encoder, teacher, plan.layer,
+                                teacher_layout_for(adapter, plan.recipe))
+        val_feats = (_features(args, plan.val_pairs, encoder, teacher, plan.layer, teacher_layout_for(adapter))
+                     if plan.val_pairs else None)
         unet = None
-        if recipe.needs_unet:
-            unet, train_feats = _unet_and_latents(args, train_pairs, train_feats)
+        if plan.recipe.needs_unet:
+            unet, train_feats = _unet_and_latents(args, plan.train_pairs, train_feats)
         elif args.clip_vision:
-            train_feats = _image_embeds(args, recipe, train_pairs, train_feats, teacher)
+            train_feats = _image_embeds(args, plan.train_pairs, train_feats, teacher)
+    return TrainRun(encoder, teacher, adapter, train_feats, val_feats, unet, state)
+
+
+def run_training(args, plan: TrainPlan, run: TrainRun):
+    """The training loop; Ctrl-C finishes the step, writes ``<out>.ckpt`` and returns a stopped result."""
+    from .trainer import train
 
     stop = {"now": False}
 
@@ -197,36 +316,50 @@ def cmd_train(args) -> int:
         print("\nstopping after this step; run the same command again to resume", file=sys.stderr)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    checkpoint = out + ".ckpt"
     started = time.perf_counter()
     try:
-        result = train(adapter, recipe, train_feats, config, checkpoint=checkpoint, resume=not args.restart,
-                       unet=unet, progress=_bar("training"), should_stop=lambda: stop["now"])
+        result = train(run.adapter, plan.recipe, run.train_feats, plan.config, checkpoint=plan.out + ".ckpt",
+                       resume=not args.restart, unet=run.unet, progress=_bar("training"),
+                       should_stop=lambda: stop["now"])
     finally:
         signal.signal(signal.SIGINT, previous)
-    if result.stopped:
-        print(f"stopped at step {result.step}/{config.steps}; checkpoint {checkpoint}")
-        return 130
-    if not state.is_main_process:
-        return 0
-    report = evaluate_adapter(adapter, val_feats) if val_feats else None
-    metrics = report["average"] if report else {}
-    save_adapter(adapter.cpu(), out, {
-        "encoder": encoder.info, "family": teacher.family.name, "layer": layer,
+    return result, round(time.perf_counter() - started, 1)
+
+
+def save_and_report(args, plan: TrainPlan, run: TrainRun, result, seconds: float) -> dict | None:
+    """Evaluate on the held-out pairs, save the adapter with its metadata, print and write the report."""
+    from ..models import save_adapter
+    from .evaluation import evaluate_adapter, report_markdown, write_report
+
+    report = evaluate_adapter(run.adapter, run.val_feats) if run.val_feats else None
+    teacher, config = run.teacher, plan.config
+    save_adapter(run.adapter.cpu(), plan.out, {
+        "encoder": run.encoder.info, "family": teacher.family.name, "layer": plan.layer,
         "teacher": {"family": teacher.family.name, "fingerprint": teacher.fingerprint,
                     "source": os.path.basename(teacher.source), "clip_skip": teacher.clip_skip},
-        "languages": sorted({p.lang for p in pairs}),
-        "recipe": {"name": recipe.name, **dataclasses.asdict(config), "final_loss": result.losses[-1],
-                   "final_terms": result.terms, "train_pairs": len(train_pairs),
-                   "seconds": round(time.perf_counter() - started, 1)},
-        "metrics": metrics,
+        "languages": sorted({p.lang for p in plan.pairs}),
+        "recipe": {"name": plan.recipe.name, **dataclasses.asdict(config), "final_loss": result.losses[-1],
+                   "final_terms": result.terms, "train_pairs": len(plan.train_pairs), "seconds": seconds},
+        "metrics": report["average"] if report else {},
     }, overwrite=args.overwrite)
-    os.unlink(checkpoint)
-    print(f"saved {out} (final loss {result.losses[-1]:.4g})")
+    os.unlink(plan.out + ".ckpt")
+    print(f"saved {plan.out} (final loss {result.losses[-1]:.4g})")
     if report:
-        paths = write_report(report, out[: -len(".safetensors")] + ".eval")
+        paths = write_report(report, plan.out[: -len(".safetensors")] + ".eval")
         print(report_markdown(report))
         print(f"evaluation: {paths['json']}, {paths['markdown']}, {paths['chart']}")
+    return report
+
+
+def cmd_train(args) -> int:
+    plan = check_train_args(args)  # before any model loads or cache file is written
+    run = prepare_training(args, plan)
+    result, seconds = run_training(args, plan, run)
+    if result.stopped:
+        print(f"stopped at step {result.step}/{plan.config.steps}; checkpoint {plan.out}.ckpt")
+        return 130
+    if run.state.is_main_process:
+        save_and_report(args, plan, run, result, seconds)
     return 0
 
 
@@ -253,61 +386,64 @@ def cmd_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Everything end to end with tiny built-in models and the shipped prompt set; no download."""
-    from ..models.tiny import build_tiny_clip_checkpoint, build_tiny_encoder
-    from .data import read_pairs
+    from .demo import run_demo
 
-    work = args.workdir or tempfile.mkdtemp(prefix="babelclip-train-demo-")
-    pairs = read_pairs(SHIPPED_PROMPTS)
-    texts = [p.text for p in pairs]
-    enc = os.path.join(work, "text_encoders", "tiny-xlm-roberta")
-    if not os.path.exists(os.path.join(enc, "config.json")):
-        build_tiny_encoder(enc, "xlm-roberta", hidden_size=64, max_positions=128, extra_text=texts)
-    ckpt_dir = os.path.join(work, "checkpoints")
-    ckpt, tok = os.path.join(ckpt_dir, "tiny-sd15-text-encoder.safetensors"), os.path.join(ckpt_dir, "clip_tokenizer")
-    if not os.path.exists(ckpt):
-        ckpt, tok = build_tiny_clip_checkpoint(ckpt_dir, extra_text=sorted({p.en for p in pairs}))
-    out = os.path.join(work, "babelclip", f"demo-{args.arch}-{args.recipe}.safetensors")
-    argv = ["train", "--teacher", ckpt, "--clip-tokenizer", tok, "--encoder", enc, "--data", SHIPPED_PROMPTS,
-            "--recipe", args.recipe, "--arch", args.arch, "--steps", str(args.steps), "--out", out,
-            "--cache-dir", os.path.join(work, "cache"), "--overwrite"]
-    print("running: python -m babelclip.training " + " ".join(argv))
-    code = main(argv)
-    if code == 0:
-        print(f"\ndemo files in {work}. The models are tiny and random, so the recall above only shows the "
-              f"pipeline runs; train with a real encoder and checkpoint for real adapters.")
-    return code
+    return run_demo(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m babelclip.training",
-                                     description="Distill and evaluate BabelCLIP language adapters.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _recipe_and_arch(p: argparse.ArgumentParser, *, recipe: str, arch: str, text_only: bool = False) -> None:
+    """--recipe and --arch, their choices read from the registries (``text_only``: recipes without images)."""
+    from ..models.adapters import ARCHITECTURES
+    from .recipes import list_recipes
 
-    p = sub.add_parser("demo", help="train and evaluate an adapter with tiny built-in models (no download)")
-    p.add_argument("--workdir", help="where to write models, cache and adapter (default: a temp folder)")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--recipe", default="altclip-kd")
-    p.add_argument("--arch", default="mlp")
+    recipes = [r for r in list_recipes() if not (text_only and (r.needs_images or r.needs_unet))]
+    p.add_argument("--recipe", default=recipe, choices=[r.name for r in recipes],
+                   help="what is trained with which loss (" + "; ".join(f"{r.name}: {r.needs}" for r in recipes) + ")")
+    p.add_argument("--arch", default=arch, choices=list(ARCHITECTURES),
+                   help="adapter architecture (" + "; ".join(f"{name}: {cls.approach.split(':')[0]}"
+                                                              for name, cls in ARCHITECTURES.items()) + ")")
+
+
+def _config_help(name: str) -> str:
+    """The help of a TrainConfig field, so the CLI and the trainer describe a setting the same way."""
+    from .trainer import TrainConfig
+
+    return next(f.metadata["help"] for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
+def _add_demo(sub) -> None:
+    from .demo import DEMO_DEFAULTS, DESCRIPTION
+
+    p = sub.add_parser("demo", help="train and evaluate an adapter with tiny built-in models (no download, about "
+                                    "a minute)", description=DESCRIPTION, formatter_class=_HelpFormatter)
+    p.add_argument("--workdir", help="where to write models, cache and adapter; a second run in the same folder "
+                                     "reuses the models and cache (default: a new temporary folder)")
+    p.add_argument("--steps", type=int, default=DEMO_DEFAULTS["steps"], help=_config_help("steps"))
+    p.add_argument("--lr", type=float, default=DEMO_DEFAULTS["lr"], help=_config_help("lr"))
+    p.add_argument("--batch-size", type=int, default=DEMO_DEFAULTS["batch_size"], help=_config_help("batch_size"))
+    _recipe_and_arch(p, recipe=DEMO_DEFAULTS["recipe"], arch=DEMO_DEFAULTS["arch"], text_only=True)
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch: the tiny models run fastest on one, and several threads slow down "
+                        "badly on a busy machine")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("cache", help="compute and cache the frozen teacher and encoder features")
-    _common(p)
-    p.add_argument("--teacher-layout", choices=["tokens", "mean"], default="tokens",
-                   help="tokens: also the teacher's 77 tokens (every recipe and adapter); mean: only their mean and the "
-                        "pooled vector, 40x smaller (altclip-kd with linear/mlp/bottleneck, mclip-trikd, mulan)")
-    p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("train", help="distill an adapter against a checkpoint's CLIP")
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="distill an adapter against a checkpoint's CLIP",
+                       description="Distill an adapter: cache the frozen features, train, evaluate on held-out "
+                                   "pairs and save the adapter with its metadata and evaluation.",
+                       formatter_class=_HelpFormatter)
     _common(p)
-    p.add_argument("--recipe", default="altclip-kd", help="altclip-kd, mclip-trikd (text); pea, mulan, iap (UNet)")
-    p.add_argument("--arch", default="mlp", help="linear, mlp, bottleneck, resampler")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held out for the evaluation (by English text)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    _recipe_and_arch(p, recipe="altclip-kd", arch="mlp")
+    p.add_argument("--steps", type=int, default=1000, help=_config_help("steps"))
+    p.add_argument("--lr", type=float, default=1e-3, help=_config_help("lr") + "; linear warmup, then cosine decay")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the adapter's initialisation, the batch order and the held-out split")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of English prompts held out for the evaluation, with all their translations")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help=_config_help("checkpoint_every") + " (<out>.ckpt, removed when the run ends)")
     p.add_argument("--resolution", type=int, default=512, help="image size for UNet recipes")
     p.add_argument("--clip-vision", help="mclip-trikd: a transformers CLIP vision model folder; adds the image<->text "
                                           "loss for rows with an image")
@@ -316,7 +452,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore a checkpoint left by an interrupted run")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate an adapter on parallel pairs (XTD10/Multi30K style)")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m babelclip.training",
+                                     description="Distill and evaluate BabelCLIP language adapters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
+
+    p = sub.add_parser("cache", help="compute and cache the frozen teacher and encoder features",
+                       formatter_class=_HelpFormatter)
+    _common(p)
+    p.add_argument("--teacher-layout", choices=["tokens", "mean"], default="tokens",
+                   help="tokens: also the teacher's 77 tokens (every recipe and adapter); mean: only their mean and the "
+                        "pooled vector, 40x smaller (altclip-kd with linear/mlp/bottleneck, mclip-trikd, mulan)")
+    p.set_defaults(func=cmd_cache)
+
+    _add_train(sub)
+
+    p = sub.add_parser("eval", help="evaluate an adapter on parallel pairs (XTD10/Multi30K style)",
+                       description="Evaluate an adapter on parallel pairs: per language, R@1/5/10 (each the mean of "
+                                   "both retrieval directions), mean recall, cosine to the teacher.",
+                       formatter_class=_HelpFormatter)
     _common(p)
     p.add_argument("--adapter", required=True, help="adapter .safetensors")
     p.add_argument("--json", required=True, help="where to write the metrics JSON (details, .md and .png beside it)")
