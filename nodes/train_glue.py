@@ -55,8 +55,10 @@ class ComfyUNet:
         self.dtype = model.model.get_dtype()
         # ComfyUI loads weights inside inference mode; autograd cannot save such tensors for the backward
         # pass that reaches the adapter, so the UNet runs on normal copies (made once per training run).
+        # Detached: ComfyUI's parameters keep requires_grad=True, and a copy that required grad made every
+        # backward pass compute gradients for all of the UNet's weights (twice the time, several GB more).
         with torch.inference_mode(False):
-            self.state = {k: (v.clone() if v.is_inference() else v)
+            self.state = {k: (v.detach().clone() if v.is_inference() else v.detach())
                           for k, v in [*self.net.named_parameters(), *self.net.named_buffers()]}
 
     def predict_noise(self, latents, timesteps, cond, pooled=None):

@@ -171,6 +171,22 @@ def test_unet_recipe_trains_through_a_comfyui_model(comfy_nodes, sd1_clip, sd15_
     assert "| fr | 3 |" in report and chart.shape[-1] == 3
 
 
+def test_comfy_unet_backward_reaches_the_conditioning_only(comfy_nodes, sd15_model):
+    """The UNet recipes' gradient flows to the adapter's conditioning and to no UNet weight: ComfyUI's parameters
+    keep requires_grad=True, and copies that kept it made each backward pass compute 860M weight gradients."""
+    from babelclip.nodes.train_glue import ComfyUNet
+
+    model, _ = sd15_model
+    with torch.inference_mode():
+        unet = ComfyUNet(model)
+    assert not any(t.requires_grad for t in unet.state.values())
+    with torch.inference_mode(False), torch.enable_grad():
+        cond = torch.randn(1, 77, 768, requires_grad=True)
+        eps = unet.predict_noise(torch.randn(1, 4, 8, 8), torch.tensor([500]), cond)
+        eps.square().mean().backward()
+    assert cond.grad is not None and torch.isfinite(cond.grad).all() and cond.grad.abs().sum() > 0
+
+
 @pytest.mark.badinput
 def test_training_data_may_not_pull_images_from_outside_the_input_folder(comfy_nodes, sd1_clip, tmp_path):
     import folder_paths
