@@ -3,8 +3,8 @@
 This is the command-line teacher source: the text encoders of a single-file
 SD1.x / SD2.x / SDXL ``.safetensors`` checkpoint (original key layouts) or of a
 diffusers folder, rebuilt as ``transformers`` CLIP text models and run the way
-ComfyUI's CLIPTextEncode runs them (tokens padded to 77, the family's layer,
-final layer norm or not, projected pooled output of the end-of-text token). The
+ComfyUI's CLIPTextEncode runs them (tokens padded to the family's context,
+the family's layer, final layer norm or not, projected pooled output of the end-of-text token). The
 ComfyUI node source (a loaded CLIP object) lives in ``nodes/``; both produce a
 :class:`TeacherOutput`.
 
@@ -26,51 +26,20 @@ from torch import nn
 
 from ..errors import InvalidModelFileError, UnsupportedModelError
 from .adapter_file import tensor_hash
-from .families import FAMILIES, TargetFamily
+from .families import FAMILIES, PAD_END, UNSUPPORTED_FAMILIES, TargetFamily, supported_names
 from .prompt import parse_prompt_weights
 
-__all__ = ["TeacherOutput", "ClipTower", "CheckpointTeacher", "load_teacher", "TOWERS"]
+__all__ = ["TeacherOutput", "CheckpointTeacher", "load_teacher"]
 
-BOS, EOS, CONTEXT = 49406, 49407, 77
+BOS, EOS = 49406, 49407  # CLIP's start / end-of-text ids (the tokenizer's own ids are used when it has them)
 
 
 @dataclass
 class TeacherOutput:
-    """``cond [B, 77, cond_dim]`` and ``pooled [B, pooled_dim]``, float32."""
+    """``cond [B, context_tokens, cond_dim]`` and ``pooled [B, pooled_dim]``, float32."""
 
     cond: torch.Tensor
     pooled: torch.Tensor
-
-
-@dataclass(frozen=True)
-class ClipTower:
-    """How ComfyUI runs one CLIP tower of a family.
-
-    ``layer``: None = last layer, negative = a hidden layer (-2 = penultimate);
-    ``final_norm``: apply the final layer norm to a hidden layer's output;
-    ``pad``: the padding token; ``pooled``: this tower supplies the pooled output.
-    """
-
-    name: str
-    layer: int | None
-    final_norm: bool
-    pad: int
-    pooled: bool
-
-
-TOWERS: dict[str, tuple[ClipTower, ...]] = {
-    "sd1": (ClipTower("clip_l", None, True, EOS, True),),
-    "sd2": (ClipTower("clip_h", -2, True, 0, True),),
-    "sdxl": (ClipTower("clip_l", -2, False, EOS, False), ClipTower("clip_g", -2, False, 0, True)),
-}
-
-# key prefix of each tower, per single-file layout, and whether it is OpenCLIP-formatted
-_LAYOUTS = {
-    "sd1": {"clip_l": ("cond_stage_model.transformer.", False)},
-    "sd2": {"clip_h": ("cond_stage_model.model.", True)},
-    "sdxl": {"clip_l": ("conditioner.embedders.0.transformer.", False),
-             "clip_g": ("conditioner.embedders.1.model.", True)},
-}
 
 
 def _openclip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -140,21 +109,23 @@ class CheckpointTeacher(nn.Module):
         self.clip_skip: int | None = None  # like CLIPSetLastLayer: -1 last, -2 penultimate, ...
 
     def tokens(self, text: str, pad: int) -> list[int]:
-        """ComfyUI's token stream for one prompt: words tokenized one by one, 75 tokens, BOS/EOS, padded."""
+        """ComfyUI's token stream for one prompt: words tokenized one by one, the context less
+        BOS/EOS, then BOS/EOS and padding to the family's context."""
         clean = parse_prompt_weights(text, strict=False).text.replace("\n", " ")
         ids: list[int] = []
         for word in (w for w in clean.split(" ") if w):
             ids += self.tokenizer(word)["input_ids"][1:-1]
-        ids = [self.bos, *ids[: CONTEXT - 2], self.eos]
-        return ids + [pad] * (CONTEXT - len(ids))
+        context = self.family.context_tokens
+        ids = [self.bos, *ids[: context - 2], self.eos]
+        return ids + [pad] * (context - len(ids))
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> TeacherOutput:
         conds, pooled = [], None
         device = next(self.parameters()).device
-        for spec in TOWERS[self.family.name]:
+        for spec in self.family.towers:
             model = self.towers[spec.name]
-            pad = self.eos if spec.pad == EOS else spec.pad
+            pad = self.eos if spec.pad == PAD_END else spec.pad
             ids = torch.tensor([self.tokens(t, pad) for t in texts], device=device)
             out = model(input_ids=ids, output_hidden_states=True)
             layer = spec.layer if self.clip_skip is None else self.clip_skip
@@ -177,7 +148,18 @@ def _read_keys(path: str, prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
 
 
-def _single_file(path: str, ids: tuple[int, int]) -> tuple[str, dict[str, nn.Module], dict]:
+def _unsupported(path: str, label: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"Checkpoint {path!r} is {label}: not supported yet: SD3 / Flux. BabelCLIP supports {supported_names()} "
+        f"checkpoints; pass one of those as the teacher.")
+
+
+def _by_tower_count() -> list[TargetFamily]:
+    """Families with more towers first, so that SDXL's CLIP-L prefix is not read as SD1's."""
+    return sorted(FAMILIES.values(), key=lambda f: -len(f.towers))
+
+
+def _single_file(path: str, ids: tuple[int, int]) -> tuple[TargetFamily, dict[str, nn.Module], dict]:
     from safetensors import safe_open
 
     try:
@@ -185,44 +167,85 @@ def _single_file(path: str, ids: tuple[int, int]) -> tuple[str, dict[str, nn.Mod
             keys = list(f.keys())
     except Exception as e:
         raise InvalidModelFileError(f"Checkpoint {path!r} is not a readable safetensors file ({e}).") from None
-    for family, towers in (("sdxl", _LAYOUTS["sdxl"]), ("sd2", _LAYOUTS["sd2"]), ("sd1", _LAYOUTS["sd1"])):
-        if all(any(k.startswith(p) for k in keys) for p, _ in towers.values()):
+    for other in UNSUPPORTED_FAMILIES:
+        if any(k.startswith(m) for m in other.single_file_markers for k in keys):
+            raise _unsupported(path, other.label)
+    for family in _by_tower_count():
+        if all(any(k.startswith(t.single_file_prefix) for k in keys) for t in family.towers):
             built, tensors = {}, {}
-            for name, (prefix, openclip) in towers.items():
-                sd = _read_keys(path, prefix)
-                sd = _openclip_to_hf(sd) if openclip else sd
-                tensors.update({f"{name}.{k}": v for k, v in sd.items()})
-                built[name] = _build_tower(sd, "gelu" if openclip else "quick_gelu", *ids)
+            for tower in family.towers:
+                sd = _read_keys(path, tower.single_file_prefix)
+                sd = _openclip_to_hf(sd) if tower.openclip else sd
+                tensors.update({f"{tower.name}.{k}": v for k, v in sd.items()})
+                built[tower.name] = _build_tower(sd, "gelu" if tower.openclip else "quick_gelu", *ids)
             return family, built, tensors
+    layouts = sorted({t.single_file_prefix + "*" for f in FAMILIES.values() for t in f.towers})
     raise UnsupportedModelError(
-        f"Checkpoint {path!r} has no SD1.x, SD2.x or SDXL text encoder in a known key layout "
-        f"(cond_stage_model.transformer.*, cond_stage_model.model.*, conditioner.embedders.0/1.*).")
+        f"Checkpoint {path!r} has no {supported_names()} text encoder in a known key layout "
+        f"({', '.join(layouts)}).")
 
 
-def _diffusers_folder(path: str, ids: tuple[int, int]) -> tuple[str, dict[str, nn.Module], dict]:
+def _diffusers_tower(path: str, sub: str) -> tuple[dict, str] | None:
     from safetensors.torch import load_file
 
-    def tower(sub: str) -> tuple[dict, str] | None:
-        folder = os.path.join(path, sub)
-        weights = next((os.path.join(folder, n) for n in ("model.safetensors", "model.fp16.safetensors")
-                        if os.path.isfile(os.path.join(folder, n))), None)
-        if weights is None:
-            return None
-        sd = load_file(weights)
-        if not any(k.startswith("text_model.") for k in sd):  # transformers 5 drops the prefix
-            sd = {(k if k.startswith("text_projection") else "text_model." + k): v for k, v in sd.items()}
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            act = json.load(f).get("hidden_act", "quick_gelu")
-        return sd, act
+    folder = os.path.join(path, sub)
+    weights = next((os.path.join(folder, n) for n in ("model.safetensors", "model.fp16.safetensors")
+                    if os.path.isfile(os.path.join(folder, n))), None)
+    if weights is None:
+        return None
+    sd = load_file(weights)
+    if not any(k.startswith("text_model.") for k in sd):  # transformers 5 drops the prefix
+        sd = {(k if k.startswith("text_projection") else "text_model." + k): v for k, v in sd.items()}
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        act = json.load(f).get("hidden_act", "quick_gelu")
+    return sd, act
 
-    first, second = tower("text_encoder"), tower("text_encoder_2")
-    if first is None:
+
+def _refuse_unsupported_folder(path: str) -> None:
+    """Raise for an SD3 / Flux diffusers folder (its pipeline class or its extra text encoder says so)."""
+    try:
+        with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
+            pipeline = str(json.load(f).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        pipeline = ""
+    for other in UNSUPPORTED_FAMILIES:
+        for marker in other.diffusers_markers:
+            if marker in pipeline or os.path.isdir(os.path.join(path, marker)):
+                raise _unsupported(path, other.label)
+    for sub in sorted(n for n in os.listdir(path) if n.startswith("text_encoder")):
+        try:
+            with open(os.path.join(path, sub, "config.json"), encoding="utf-8") as f:
+                model_type = str(json.load(f).get("model_type", ""))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if model_type.startswith("t5"):
+            raise _unsupported(path, f"a model with a T5 text encoder ({sub}/)")
+
+
+def _diffusers_family(path: str, found: dict[str, tuple[dict, str]]) -> TargetFamily:
+    """The family whose towers' sub-folders are exactly those present; among several, the one whose first
+    tower's width matches (else the first listed: tiny test models have no real width)."""
+    candidates = [f for f in FAMILIES.values() if {t.diffusers_folder for t in f.towers} == set(found)]
+    if not candidates:
+        raise InvalidModelFileError(
+            f"Diffusers folder {path!r} has text-encoder folders {sorted(found) or 'none'}; a {supported_names()} "
+            f"model has text_encoder/model.safetensors (and text_encoder_2/ for SDXL).")
+    for family in candidates:
+        first = family.towers[0]
+        sd = found[first.diffusers_folder][0]
+        if sd["text_model.embeddings.token_embedding.weight"].shape[1] == first.width:
+            return family
+    return candidates[0]
+
+
+def _diffusers_folder(path: str, ids: tuple[int, int]) -> tuple[TargetFamily, dict[str, nn.Module], dict]:
+    _refuse_unsupported_folder(path)
+    subs = sorted({t.diffusers_folder for f in FAMILIES.values() for t in f.towers})
+    found = {sub: t for sub in subs if (t := _diffusers_tower(path, sub)) is not None}
+    if not found:
         raise InvalidModelFileError(f"Diffusers folder {path!r} has no text_encoder/model.safetensors.")
-    if second is not None:
-        family, parts = "sdxl", {"clip_l": first, "clip_g": second}
-    else:
-        hidden = first[0]["text_model.embeddings.token_embedding.weight"].shape[1]
-        family, parts = ("sd2", {"clip_h": first}) if hidden == 1024 else ("sd1", {"clip_l": first})
+    family = _diffusers_family(path, found)
+    parts = {t.name: found[t.diffusers_folder] for t in family.towers}
     tensors = {f"{n}.{k}": v for n, (sd, _) in parts.items() for k, v in sd.items()}
     return family, {n: _build_tower(sd, act, *ids) for n, (sd, act) in parts.items()}, tensors
 
@@ -250,4 +273,4 @@ def load_teacher(path: str | os.PathLike, tokenizer: str | os.PathLike | None = 
     tok = CLIPTokenizer.from_pretrained(os.fspath(tokenizer), local_files_only=True)
     ids = (tok.bos_token_id, tok.eos_token_id)
     family, towers, tensors = _diffusers_folder(path, ids) if os.path.isdir(path) else _single_file(path, ids)
-    return CheckpointTeacher(FAMILIES[family], towers, tok, tensor_hash(tensors)[:16], path)
+    return CheckpointTeacher(family, towers, tok, tensor_hash(tensors)[:16], path)

@@ -16,10 +16,11 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import folder_paths
 
-from ..models import detect_family_from_keys, load_adapter, load_encoder, read_adapter_spec
+from ..models import load_adapter, load_encoder, read_adapter_spec
 from ..models.adapter_file import AdapterSpec, check_compatible
 from ..models.encoder import MultilingualEncoder
-from ..models.families import TargetFamily
+from ..errors import UnsupportedModelError
+from ..models.families import FAMILIES, UNSUPPORTED_FAMILIES, TargetFamily, supported_names
 from ..models.paths import list_files, list_model_folders, resolve_inside
 
 ADAPTER_FOLDER = "babelclip"
@@ -123,9 +124,26 @@ class AdapterHandle:
         return self._on_cpu
 
 
+def family_from_clip_keys(keys, what: str = "the connected CLIP") -> TargetFamily:
+    """The family of a ComfyUI CLIP from its state-dict keys: ComfyUI prefixes each text tower's tensors with
+    the tower's name (``clip_l.``, ``clip_g.``, ``t5xxl.``...), the names the family descriptions use."""
+    towers = frozenset(k.split(".", 1)[0] for k in keys if "." in k)
+    for family in FAMILIES.values():
+        if towers == family.tower_names:
+            return family
+    for other in UNSUPPORTED_FAMILIES:
+        if towers == other.tower_names:
+            raise UnsupportedModelError(
+                f"{what} is {other.label}, which BabelCLIP does not support yet. "
+                f"Use an {supported_names()} checkpoint.")
+    raise UnsupportedModelError(
+        f"Cannot tell which model family {what} belongs to (text-encoder towers: "
+        f"{', '.join(sorted(towers)) or 'none'}). BabelCLIP supports {supported_names()}.")
+
+
 def clip_family(clip) -> TargetFamily:
     """Family of a ComfyUI CLIP object, from its state-dict key prefixes."""
-    return detect_family_from_keys(clip.cond_stage_model.state_dict().keys(), "the CLIP connected to BabelCLIP")
+    return family_from_clip_keys(clip.cond_stage_model.state_dict().keys(), "the CLIP connected to BabelCLIP")
 
 
 def clip_encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:

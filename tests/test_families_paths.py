@@ -1,4 +1,4 @@
-"""Model family detection from state-dict keys, and path confinement of workflow names."""
+"""Family lookup, and path confinement of workflow names (detection from ComfyUI keys: tests/integration/test_family_glue.py)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,8 @@ import os
 import pytest
 
 from babelclip.errors import InvalidModelFileError, UnsafePathError, UnsupportedModelError
-from babelclip.models import detect_family_from_keys, get_family
+from babelclip.models import get_family
 from babelclip.models.paths import list_files, list_model_folders, resolve_inside
-
-L = "clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
-H = "clip_h.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
-G = "clip_g.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
-T5 = "t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"
-
-
-@pytest.mark.parametrize("keys,name", [([L], "sd1"), ([H], "sd2"), ([L, G], "sdxl"), ([G, L, "clip_l.logit_scale"], "sdxl")])
-def test_detects_supported_families(keys, name):
-    fam = detect_family_from_keys(keys)
-    assert fam.name == name and fam is get_family(name)
-
-
-@pytest.mark.parametrize("keys,match", [([L, G, T5], "SD3"), ([L, T5], "Flux"), ([G], "refiner"), (["foo.bar"], "foo")])
-def test_unsupported_families_say_what_they_are(keys, match):
-    with pytest.raises(UnsupportedModelError, match=match):
-        detect_family_from_keys(keys)
 
 
 def test_unknown_family_name():
