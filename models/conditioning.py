@@ -10,7 +10,7 @@ carries. Semantics follow ComfyUI's CLIPTextEncode:
 * long prompts are split into chunks of the encoder's maximum length, each
   wrapped in the encoder's special tokens; chunk outputs are concatenated along
   the tokens and every chunk is padded to the longest one (padding is masked in
-  the encoder, as CLIP pads to 77); pooled comes from the first chunk;
+  the encoder, as CLIP pads to its context); pooled comes from the first chunk;
 * the empty prompt is encoded as the special tokens alone.
 
 :func:`mix_with_clip` combines the result with the stock CLIP conditioning of
@@ -29,6 +29,7 @@ import torch
 from ..errors import InvalidDataError, InvalidPromptError
 from .adapters import Adapter
 from .encoder import LayerSpec, MultilingualEncoder
+from .families import CLIP_CONTEXT
 from .prompt import parse_prompt_weights
 
 __all__ = ["Conditioning", "encode_prompts", "mix_with_clip", "MIX_MODES", "tokenize_prompt"]
@@ -36,7 +37,6 @@ __all__ = ["Conditioning", "encode_prompts", "mix_with_clip", "MIX_MODES", "toke
 log = logging.getLogger(__name__)
 
 MIX_MODES = ("off", "concat", "blend")
-CLIP_CHUNK = 77
 
 
 @dataclass
@@ -170,14 +170,16 @@ def _pad_tokens(x: torch.Tensor, length: int, filler: torch.Tensor) -> torch.Ten
 
 
 def mix_with_clip(babel: Conditioning, clip_cond: torch.Tensor, clip_pooled: torch.Tensor | None, *,
-                  mode: str, strength: float, clip_empty: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  mode: str, strength: float, clip_empty: torch.Tensor | None = None,
+                  context: int = CLIP_CONTEXT) -> tuple[torch.Tensor, torch.Tensor]:
     """Combine BabelCLIP conditioning with the stock CLIP conditioning of the same text.
 
     * ``off``: BabelCLIP alone.
     * ``concat``: BabelCLIP tokens followed by CLIP tokens (each keeps its own meaning).
     * ``blend``: ``(1 - strength) * babel + strength * clip``, token by token. The shorter side
-      is padded with its own "nothing": CLIP with its empty-prompt chunk (``clip_empty [77, D]``),
-      BabelCLIP with its last (end-of-text) token.
+      is padded with its own "nothing": CLIP with its empty-prompt chunk (``clip_empty [context, D]``),
+      BabelCLIP with its last (end-of-text) token, both to a whole number of ``context``-token chunks
+      (the family's ``context_tokens``).
 
     The pooled vector is ``(1 - strength) * babel + strength * clip`` in ``concat`` and ``blend``.
     Returns ``(cond, pooled)``.
@@ -201,7 +203,7 @@ def mix_with_clip(babel: Conditioning, clip_cond: torch.Tensor, clip_pooled: tor
     if mode == "concat":
         return torch.cat([cond, clip_cond], 1), pooled
     length = max(cond.shape[1], clip_cond.shape[1])
-    length = math.ceil(length / CLIP_CHUNK) * CLIP_CHUNK
+    length = math.ceil(length / context) * context
     filler = clip_empty if clip_empty is not None else clip_cond[0, -1:]
     clip_cond = _pad_tokens(clip_cond, length, filler.reshape(-1, clip_cond.shape[-1]))
     last = int(babel.mask[0].nonzero().max()) if babel.mask[0].any() else cond.shape[1] - 1

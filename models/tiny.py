@@ -14,7 +14,12 @@ from typing import Iterable
 
 import torch
 
+from .families import get_family
+
 __all__ = ["SAMPLE_PROMPTS", "build_tiny_encoder", "TINY_ENCODER_TYPES"]
+
+#: The family whose single-file layout the tiny CLIP checkpoint has.
+TINY_CLIP_FAMILY = "sd1"
 
 #: A few image prompts in many scripts (Latin, CJK, Cyrillic, Arabic, Devanagari, ...).
 SAMPLE_PROMPTS: tuple[str, ...] = (
@@ -131,7 +136,7 @@ def build_tiny_clip_checkpoint(folder: str | os.PathLike, *, num_layers: int = 2
                                extra_text: Iterable[str] = ()) -> tuple[str, str]:
     """Write a small random SD1.x-layout checkpoint (text encoder only) and a CLIP BPE tokenizer for it.
 
-    The text encoder has CLIP-L's width (768, so its output is real SD1.x conditioning) but few layers, a
+    The text encoder has CLIP-L's width (so its output is real SD1.x conditioning) but few layers, a
     small MLP and a vocabulary of a few hundred BPE tokens trained on the sample text. Returns
     ``(checkpoint_path, tokenizer_folder)``.
     """
@@ -160,14 +165,17 @@ def build_tiny_clip_checkpoint(folder: str | os.PathLike, *, num_layers: int = 2
     with open(os.path.join(tok_dir, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in ["#version: 0.2", *merges]))
 
+    family = get_family(TINY_CLIP_FAMILY)
+    (tower,) = family.towers
     torch.manual_seed(seed)
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=768, num_hidden_layers=num_layers,
-                            num_attention_heads=12, intermediate_size=768, max_position_embeddings=77,
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=tower.width, num_hidden_layers=num_layers,
+                            num_attention_heads=tower.width // 64, intermediate_size=tower.width,
+                            max_position_embeddings=family.context_tokens,
                             hidden_act="quick_gelu", bos_token_id=vocab["<|startoftext|>"],
                             eos_token_id=vocab["<|endoftext|>"])
     clip = CLIPTextModelWithProjection(config).eval()
     state = {k: v.contiguous() for k, v in clip.state_dict().items() if not k.startswith("text_projection")}
-    state = {"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
+    state = {tower.single_file_prefix + (k if k.startswith("text_model.") else "text_model." + k): v
              for k, v in state.items()}
     path = os.path.join(folder, "tiny-sd15-text-encoder.safetensors")
     save_file(state, path)

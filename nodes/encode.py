@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import IncompatibleAdapterError
-from ..models import MIX_MODES, encode_prompts, mix_with_clip
+from ..models import FAMILIES, MIX_MODES, encode_prompts, mix_with_clip
 from . import glue
 
 LAYER_CHOICES = ("from adapter", "last", "penultimate")
@@ -47,15 +47,20 @@ def _inputs(extra: dict | None = None) -> dict:
 
 
 def encode(encoder, adapter, text, clip=None, clip_mix="off", clip_strength=0.5, encoder_layer="from adapter",
-           strict_syntax=False, require_family: str | None = None):
-    """Shared body of both encode nodes: returns ``(cond, pooled)`` on ComfyUI's intermediate device."""
+           strict_syntax=False, size_conditioning: bool = False):
+    """Shared body of both encode nodes: returns ``(cond, pooled)`` on ComfyUI's intermediate device.
+
+    ``size_conditioning``: the node adds the size embedding, so adapter and CLIP must be of a family that reads it.
+    """
     family = glue.clip_family(clip) if clip is not None else None
-    if require_family and (family or adapter.spec.family).name != require_family:
+    if size_conditioning and not (family or adapter.spec.family).size_conditioning:
+        sized = [f.short for f in FAMILIES.values() if f.size_conditioning]
+        plain = [f.short for f in FAMILIES.values() if not f.size_conditioning]
         raise IncompatibleAdapterError(
-            f"'BabelCLIP Text Encode SDXL' needs an SDXL adapter and checkpoint, but adapter "
+            f"'BabelCLIP Text Encode SDXL' needs an {'/'.join(sized)} adapter and checkpoint, but adapter "
             f"{adapter.spec.name!r} is for {adapter.spec.family.label}"
             + (f" and the connected CLIP is {family.label}" if family else "")
-            + ". Use 'BabelCLIP Text Encode' for SD1.x/SD2.x.")
+            + f". Use 'BabelCLIP Text Encode' for {'/'.join(plain)}.")
     if clip_mix != "off" and clip is None:
         raise IncompatibleAdapterError(f"clip_mix is {clip_mix!r} but no CLIP is connected: connect the "
                                        f"checkpoint's CLIP output or set clip_mix to 'off'.")
@@ -67,9 +72,9 @@ def encode(encoder, adapter, text, clip=None, clip_mix="off", clip_strength=0.5,
     if clip is not None and clip_mix != "off":
         clip_cond, clip_pooled = glue.clip_encode(clip, text)
         if clip_mix == "blend":
-            clip_empty = glue.clip_encode(clip, "")[0][0, :77]
+            clip_empty = glue.clip_encode(clip, "")[0][0, :family.context_tokens]
         cond, pooled = mix_with_clip(result, clip_cond, clip_pooled, mode=clip_mix, strength=clip_strength,
-                                     clip_empty=clip_empty)
+                                     clip_empty=clip_empty, context=family.context_tokens)
     else:
         cond, pooled = result.cond, result.pooled
     out = glue.intermediate_device()
@@ -115,6 +120,6 @@ class TextEncodeSDXL:
 
     def encode(self, encoder, adapter, text, width, height, crop_w, crop_h, target_width, target_height,
                **options):
-        cond, pooled = encode(encoder, adapter, text, require_family="sdxl", **options)
+        cond, pooled = encode(encoder, adapter, text, size_conditioning=True, **options)
         return ([[cond, {"pooled_output": pooled, "width": width, "height": height, "crop_w": crop_w,
                          "crop_h": crop_h, "target_width": target_width, "target_height": target_height}]],)

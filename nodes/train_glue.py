@@ -12,10 +12,9 @@ import torch
 import comfy.model_management as mm
 
 from ..models.adapter_file import tensor_hash
+from ..models.families import size_conditioning_ids
 from ..models.teacher import TeacherOutput
 from . import glue
-
-CLIP_TOKENS = 77
 
 
 class ComfyClipTeacher:
@@ -32,10 +31,10 @@ class ComfyClipTeacher:
         self.clip_skip = getattr(clip, "layer_idx", None)
 
     def encode(self, texts) -> TeacherOutput:
-        conds, pooleds = [], []
+        conds, pooleds, context = [], [], self.family.context_tokens
         for text in texts:
             cond, pooled = glue.clip_encode(self.clip, text)
-            conds.append(cond[:, :CLIP_TOKENS].float().cpu().clone())  # clone: out of inference mode
+            conds.append(cond[:, :context].float().cpu().clone())  # clone: out of inference mode
             pooleds.append(pooled.float().cpu().clone())
         return TeacherOutput(torch.cat(conds), torch.cat(pooleds))
 
@@ -63,10 +62,11 @@ class ComfyUNet:
 
     def predict_noise(self, latents, timesteps, cond, pooled=None):
         kwargs = {}
-        if getattr(self.net, "num_classes", None) is not None and pooled is not None:  # SDXL: adm from pooled
-            h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
-            kwargs["y"] = self.base.encode_adm(pooled_output=pooled, width=w, height=h, crop_w=0, crop_h=0,
-                                               target_width=w, target_height=h).to(latents.device, self.dtype)
+        if getattr(self.net, "num_classes", None) is not None and pooled is not None:  # size-conditioned: adm
+            h, w, top, left, target_h, target_w = size_conditioning_ids(latents.shape[-2] * 8, latents.shape[-1] * 8)
+            adm = self.base.encode_adm(pooled_output=pooled, width=w, height=h, crop_w=left, crop_h=top,
+                                       target_width=target_w, target_height=target_h)
+            kwargs["y"] = adm.to(latents.device, self.dtype)
         args = (latents.to(self.dtype),)
         kwargs.update(timesteps=timesteps, context=cond.to(self.dtype))
         if not torch.is_grad_enabled():

@@ -154,3 +154,49 @@ def test_bad_teacher_sources(tmp_path, clip_tokenizer):
     save_file({"cond_stage_model.transformer." + k: v for k, v in sd.items()}, str(tmp_path / "ok.safetensors"))
     with pytest.raises(InvalidModelFileError, match="No CLIP tokenizer"):
         load_teacher(tmp_path / "ok.safetensors", tmp_path)
+
+
+def test_sd3_and_flux_files_are_refused_by_name(tmp_path, clip_tokenizer):
+    """An SD3 / Flux single file or diffusers folder is not taken for SDXL / SD1: a typed error names it."""
+    _, sd = _hf_clip_l()
+    sd3 = tmp_path / "sd3_medium.safetensors"
+    save_file({**{"text_encoders.clip_l.transformer." + k: v for k, v in sd.items()},
+               "model.diffusion_model.joint_blocks.0.x": torch.zeros(1)}, str(sd3))
+    flux = tmp_path / "flux1-dev.safetensors"
+    save_file({"model.diffusion_model.double_blocks.0.x": torch.zeros(1)}, str(flux))
+    for path in (sd3, flux):
+        with pytest.raises(UnsupportedModelError, match="not supported yet: SD3 / Flux") as e:
+            load_teacher(path, clip_tokenizer)
+        assert path.name in str(e.value)
+    for name, pipeline, second in (("sd3-folder", "StableDiffusion3Pipeline", "text_encoder_3"),
+                                   ("flux-folder", "FluxPipeline", None), ("t5-folder", "", None)):
+        folder = tmp_path / name
+        for sub in ("text_encoder", "text_encoder_2", second):
+            if sub:
+                (folder / sub).mkdir(parents=True)
+                save_file(sd, str(folder / sub / "model.safetensors"))
+                model_type = "t5" if sub == "text_encoder_2" and name != "sd3-folder" else "clip_text_model"
+                (folder / sub / "config.json").write_text(json.dumps({"model_type": model_type}))
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+        with pytest.raises(UnsupportedModelError, match="not supported yet: SD3 / Flux") as e:
+            load_teacher(folder, clip_tokenizer)
+        assert name in str(e.value)
+
+
+def test_a_new_family_is_one_description(tmp_path, clip_tokenizer, monkeypatch):
+    """The teacher reads towers, layouts and context from FAMILIES: a new CLIP family needs no other code."""
+    from babelclip.models import families
+
+    tower = families.Tower("clip_l", 64, -2, True, families.PAD_END, True, "new_model.text.", False, "te")
+    new = families.TargetFamily("new", "A new family", "New", (tower,), context_tokens=20)
+    monkeypatch.setitem(families.FAMILIES, "new", new)
+    model, sd = _hf_clip_l()
+    save_file({"new_model.text." + k: v for k, v in sd.items()}, str(tmp_path / "new.safetensors"))
+    teacher = load_teacher(tmp_path / "new.safetensors", clip_tokenizer)
+    assert teacher.family is new
+    out = teacher.encode(["red cat"])
+    ids = torch.tensor([teacher.tokens("red cat", EOS)])
+    hidden = model.text_model(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+    assert out.cond.shape == (1, 20, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(out.cond, model.text_model.final_layer_norm(hidden))

@@ -33,11 +33,9 @@ from .cache import FeatureStore
 from .data import Pair
 from .recipes import Batch
 
-__all__ = ["Teacher", "TextFeatures", "prepare_text_features", "teacher_layout_for", "TEACHER_LAYOUTS",
-           "CLIP_TOKENS"]
+__all__ = ["Teacher", "TextFeatures", "prepare_text_features", "teacher_layout_for", "TEACHER_LAYOUTS"]
 
-CLIP_TOKENS = 77
-#: ``"mean"``: token mean + pooled only; ``"tokens"``: also the 77 tokens.
+#: ``"mean"``: token mean + pooled only; ``"tokens"``: also the teacher's tokens (its family's context).
 TEACHER_LAYOUTS = ("mean", "tokens")
 TEACHER_DTYPE = "float16"
 
@@ -71,14 +69,16 @@ def _encoder_compute(encoder: MultilingualEncoder, layer: LayerSpec):
 
 
 def _teacher_outputs(teacher: Teacher, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(tokens [B, 77, D], summary [B, 2, D])``: the summary is the token mean and the zero-padded pooled."""
+    """``(tokens [B, context, D], summary [B, 2, D])``: the summary is the token mean and the zero-padded pooled;
+    ``context`` is the teacher family's ``context_tokens``."""
     out = teacher.encode(texts)
     cond, pooled = out.cond.float().cpu(), out.pooled.float().cpu()
-    if cond.shape[1] < CLIP_TOKENS:
-        raise ValueError(f"the teacher returned {cond.shape[1]} tokens, expected at least {CLIP_TOKENS}")
+    context = teacher.family.context_tokens
+    if cond.shape[1] < context:
+        raise ValueError(f"the teacher returned {cond.shape[1]} tokens, expected at least {context}")
     if pooled.shape[1] > cond.shape[2]:
         raise ValueError(f"the teacher's pooled width {pooled.shape[1]} exceeds its token width {cond.shape[2]}")
-    cond = cond[:, :CLIP_TOKENS]
+    cond = cond[:, :context]
     summary = torch.zeros(cond.shape[0], 2, cond.shape[2])
     summary[:, 0] = cond.mean(1)
     summary[:, 1, : pooled.shape[1]] = pooled
@@ -158,7 +158,7 @@ def prepare_text_features(pairs: Sequence[Pair], encoder: MultilingualEncoder, t
                 "clip_skip": str(getattr(teacher, "clip_skip", None))}
     summary_store = FeatureStore(cache_dir, {**identity, "layout": "mean+pooled"}, teacher.family.cond_dim,
                                  TEACHER_DTYPE)
-    tokens_store = (FeatureStore(cache_dir, {**identity, "layout": f"tokens{CLIP_TOKENS}"}, teacher.family.cond_dim,
+    tokens_store = (FeatureStore(cache_dir, {**identity, "layout": f"tokens{teacher.family.context_tokens}"}, teacher.family.cond_dim,
                                  TEACHER_DTYPE) if teacher_layout == "tokens" else None)
     report = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
     enc_store.fill([p.text for p in pairs], _encoder_compute(encoder, layer), batch_size=batch_size,

@@ -15,6 +15,8 @@ from typing import Iterator, Protocol
 import torch
 from torch import nn
 
+from ..models.families import size_conditioning_ids
+
 __all__ = ["FrozenUNet", "DiffusersUNet", "sd_alphas_cumprod"]
 
 
@@ -42,9 +44,9 @@ class DiffusersUNet:
 
     def predict_noise(self, latents, timesteps, cond, pooled=None):
         kwargs = {}
-        if getattr(self.unet.config, "addition_embed_type", None) == "text_time":  # SDXL: pooled + size ids
-            h, w = latents.shape[-2] * 8, latents.shape[-1] * 8
-            time_ids = torch.tensor([h, w, 0, 0, h, w], dtype=cond.dtype, device=cond.device)
+        if getattr(self.unet.config, "addition_embed_type", None) == "text_time":  # size-conditioned (SDXL)
+            ids = size_conditioning_ids(latents.shape[-2] * 8, latents.shape[-1] * 8)
+            time_ids = torch.tensor(ids, dtype=cond.dtype, device=cond.device)
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids.expand(latents.shape[0], -1)}
         return self.unet(latents, timesteps, encoder_hidden_states=cond, **kwargs).sample
 
