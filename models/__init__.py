@@ -8,12 +8,12 @@ from .adapter_file import AdapterSpec, check_compatible, load_adapter, read_adap
 from .adapters import ARCHITECTURES, Adapter, AdapterOutput, build_adapter, register_arch
 from .conditioning import MIX_MODES, Conditioning, encode_prompts, mix_with_clip
 from .encoder import SUPPORTED_ENCODERS, EncoderInfo, MultilingualEncoder, load_encoder, quantize_int8
-from .families import FAMILIES, TargetFamily, get_family
+from .families import FAMILIES, TargetFamily, Tower, get_family
 from .prompt import parse_prompt_weights
 
 __all__ = [
     "ARCHITECTURES", "Adapter", "AdapterOutput", "AdapterSpec", "Conditioning", "EncoderInfo", "FAMILIES",
-    "MIX_MODES", "MultilingualEncoder", "SUPPORTED_ENCODERS", "TargetFamily", "build_adapter",
+    "MIX_MODES", "MultilingualEncoder", "SUPPORTED_ENCODERS", "TargetFamily", "Tower", "build_adapter",
     "check_compatible", "encode_prompts", "get_family", "load_adapter",
     "load_encoder", "mix_with_clip", "parse_prompt_weights", "quantize_int8", "read_adapter_spec",
     "register_arch", "save_adapter",
