@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import re
@@ -15,13 +14,13 @@ import comfy.utils
 import folder_paths
 
 from ..errors import InvalidDataError
-from ..models import build_adapter, save_adapter
 from ..models.adapters import ARCHITECTURES
-from ..training.data import dedup, pairs_from_text, read_pairs, split_pairs
+from ..training.data import dedup, pairs_from_text, read_pairs
 from ..training.evaluation import evaluate_adapter, report_markdown
 from ..training.features import prepare_text_features, teacher_layout_for
+from ..training.pipeline import Hooks, TrainJob, run_pipeline
 from ..training.recipes import DEFAULT_RECIPE, get_recipe, list_recipes, recipe_help
-from ..training.trainer import TrainConfig, train
+from ..training.trainer import TrainConfig
 from . import glue, train_glue
 
 DATA_NONE = "(use the text box)"
@@ -196,61 +195,48 @@ class TrainAdapter:
             raise InvalidDataError(f"Recipe {recipe!r} trains through the UNet: connect model, vae and images "
                                    f"(one image per row), or choose {text_only}.")
         teacher = train_glue.ComfyClipTeacher(clip)
-        train_pairs, val_pairs = split_pairs(pairs, 0.1 if len(pairs) >= 20 else 0.0, seed=seed)
-        config = TrainConfig(steps=steps, lr=learning_rate, batch_size=batch_size, seed=seed, device="cpu"
-                             if mm.get_torch_device().type == "cpu" else str(mm.get_torch_device()))
-        config.validate(len(train_pairs))
+        device = mm.get_torch_device()
+        config = TrainConfig(steps=steps, lr=learning_rate, batch_size=batch_size, seed=seed,
+                             device="cpu" if device.type == "cpu" else str(device))
         glue.load_encoder_for_features(encoder)
-        layer = "last"
-        cancel = Cancel()
-        # only what the recipe reads for this architecture: 3 KB per prompt instead of 118 KB where it can
-        data = prepare_text_features(train_pairs, encoder.encoder, teacher, _cache_dir(), layer=layer,
-                                     progress=_caching_progress(cancel), should_stop=cancel.should_stop,
-                                     teacher_layout=teacher_layout_for(ARCHITECTURES[arch], recipe_obj))
-        cancel.raise_if_cancelled()  # what was cached so far stays cached
-        unet = None
-        use_vision = recipe_obj.uses_image_embeddings and clip_vision is not None and images is not None
-        if recipe_obj.needs_unet or use_vision:
-            if images.shape[0] != len(pairs):
-                raise InvalidDataError(f"{images.shape[0]} images for {len(pairs)} data rows: give one per row.")
-            rows = [{id(p): i for i, p in enumerate(pairs)}[id(p)] for p in train_pairs]
-            if use_vision:
-                embeds = clip_vision.encode_image(images).image_embeds.float().cpu().clone()
-                if embeds.shape[-1] != teacher.family.pooled_dim:
-                    raise InvalidDataError(
-                        f"The CLIP vision model embeds images in {embeds.shape[-1]} dimensions, the checkpoint's pooled "
-                        f"text in {teacher.family.pooled_dim}: load the vision tower of the same CLIP.")
-                data = _WithImages(data, embeds=embeds[rows])
-            else:
-                unet = train_glue.ComfyUNet(model)
-                data = _WithImages(data, latents=train_glue.encode_images(vae, model, images)[rows])
         path = _unique_path(adapter_name)
-        checkpoint = os.path.join(_cache_dir(), f"{os.path.basename(path)[:-12]}-{recipe}-{arch}-{seed}.ckpt")
-        with torch.inference_mode(False), torch.enable_grad():
-            torch.manual_seed(seed)
-            adapter = build_adapter(arch, encoder.info.hidden_size, teacher.family)
-            result = train(adapter, recipe_obj, data, config, checkpoint=checkpoint, unet=unet,
-                           progress=cancel.progress_bar(steps), should_stop=cancel.should_stop)
-        cancel.raise_if_cancelled()  # the checkpoint of the last finished step is kept for a resume
-        metrics = {}
-        if val_pairs:
-            val = prepare_text_features(val_pairs, encoder.encoder, teacher, _cache_dir(), layer=layer,
-                                        teacher_layout=teacher_layout_for(adapter), should_stop=cancel.should_stop)
-            cancel.raise_if_cancelled()  # the finished run's checkpoint is kept: queueing again saves it
-            metrics = evaluate_adapter(adapter, val)["average"]
-        save_adapter(adapter.cpu(), path, {
-            "encoder": encoder.info, "family": teacher.family.name, "layer": layer,
-            "teacher": {"family": teacher.family.name, "fingerprint": teacher.fingerprint, "source": "ComfyUI CLIP",
-                        "clip_skip": teacher.clip_skip},
-            "languages": sorted({p.lang for p in pairs}),
-            "recipe": {"name": recipe, **dataclasses.asdict(config), "final_loss": result.losses[-1],
-                       "train_pairs": len(train_pairs)},
-            "metrics": metrics})
-        if os.path.exists(checkpoint):
-            os.unlink(checkpoint)
+        cancel = Cancel()
+        job = TrainJob(pairs, encoder.encoder, teacher, "ComfyUI CLIP", recipe_obj, arch, config, path, _cache_dir(),
+                       checkpoint=os.path.join(_cache_dir(), f"{os.path.basename(path)[:-12]}-{recipe}-{arch}-"
+                                                             f"{seed}.ckpt"),
+                       images=_images_hook(recipe_obj, pairs, teacher, model, vae, images, clip_vision))
+        bars: dict = {}  # one ComfyUI progress bar per stage (encoder, teacher, held-out ..., training)
+        out = run_pipeline(job, Hooks(progress=lambda stage, done, total, loss=None: bars.setdefault(
+            stage, cancel.progress_bar(total))(done, total), should_stop=cancel.should_stop))
+        if out.stopped:  # cached features and the last finished step's checkpoint are kept for a rerun
+            cancel.raise_if_cancelled()
+            raise mm.InterruptProcessingException()
         name = os.path.relpath(path, glue.adapter_dirs()[0]).replace(os.sep, "/")
-        curve = _plot(result.losses, f"{recipe} / {arch}: {os.path.basename(path)}")
+        curve = _plot(out.train.losses, f"{recipe} / {arch}: {os.path.basename(path)}")
         return {"ui": {"text": [f"saved {name}"]}, "result": (glue.AdapterHandle(name), curve)}
+
+
+def _images_hook(recipe, pairs, teacher, model, vae, images, clip_vision):
+    """The rows' images as the recipe reads them: VAE latents and the loaded UNet, or CLIP image embeddings."""
+    use_vision = recipe.uses_image_embeddings and clip_vision is not None and images is not None
+    if not (recipe.needs_unet or use_vision):
+        return None
+    if images.shape[0] != len(pairs):
+        raise InvalidDataError(f"{images.shape[0]} images for {len(pairs)} data rows: give one per row.")
+    index = {id(p): i for i, p in enumerate(pairs)}
+
+    def prepare(train_pairs, data):
+        rows = [index[id(p)] for p in train_pairs]
+        if not use_vision:
+            latents = train_glue.encode_images(vae, model, images)[rows]
+            return train_glue.ComfyUNet(model), _WithImages(data, latents=latents)
+        embeds = clip_vision.encode_image(images).image_embeds.float().cpu().clone()
+        if embeds.shape[-1] != teacher.family.pooled_dim:
+            raise InvalidDataError(
+                f"The CLIP vision model embeds images in {embeds.shape[-1]} dimensions, the checkpoint's pooled "
+                f"text in {teacher.family.pooled_dim}: load the vision tower of the same CLIP.")
+        return None, _WithImages(data, embeds=embeds[rows])
+    return prepare
 
 
 class _WithImages:
@@ -273,7 +259,7 @@ class _WithImages:
 
 class EvaluateAdapter:
     DESCRIPTION = ("Evaluates an adapter on parallel pairs: per-language R@1/5/10 in both directions, mean recall, "
-                   "cosine to the teacher's English encoding (DESIGN.md §6).")
+                   "cosine to the teacher's English encoding.")
     CATEGORY = "BabelCLIP/training"
     FUNCTION = "evaluate"
     RETURN_TYPES = ("STRING", "IMAGE")

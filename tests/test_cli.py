@@ -101,6 +101,17 @@ def test_train_writes_an_adapter_with_metadata_and_evaluation(setup, capsys):
         assert set(m) == {"r@1", "r@5", "r@10", "mean_recall", "cosine"}
 
 
+def test_train_runs_the_pipeline_with_the_steady_heap(setup, tmp_path):
+    """The command line is a process of its own: it asks train() for the glibc allocator tuning (a host does not)."""
+    from babelclip.training.cli import build_parser, check_train_args, train_job
+
+    d, common = setup
+    args = build_parser().parse_args(["train", *common, "--data", str(d / "pairs.tsv"), "--recipe", "altclip-kd",
+                                      "--arch", "linear", "--steps", "2", "--out", str(tmp_path / "h.safetensors")])
+    job = train_job(args, check_train_args(args))
+    assert job.steady_heap and job.report_files and job.checkpoint_path == str(tmp_path / "h.safetensors.ckpt")
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--device", "cuda:0"], "--device 'cuda:0'"),
     (["--device", "tpu"], "--device 'tpu'"),

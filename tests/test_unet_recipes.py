@@ -70,7 +70,7 @@ def test_unet_recipe_lowers_its_loss(task, name):  # noqa: F811
 def test_unet_recipes_need_a_unet_and_images(task):  # noqa: F811
     _, tr, _ = task
     adapter = build_adapter("linear", 32, tr.family)
-    with pytest.raises(InvalidDataError, match="connect a MODEL"):
+    with pytest.raises(InvalidDataError, match="trains through the frozen denoiser"):
         train(adapter, get_recipe("pea"), tr, TrainConfig(steps=1, batch_size=4))
     with pytest.raises(InvalidDataError, match="needs images"):
         get_recipe("iap").loss(adapter, tr.batch(range(4)), tiny_unet())

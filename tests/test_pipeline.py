@@ -1,0 +1,84 @@
+"""training/pipeline.py: the one run from pairs to a saved adapter; stops, resumes, refuses what it cannot train."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from babelclip.errors import InvalidDataError
+from babelclip.models import load_encoder, read_adapter_spec
+from babelclip.models.tiny import build_tiny_encoder
+from babelclip.training.pipeline import MIN_PAIRS_TO_HOLD_OUT, Hooks, TrainJob, run_pipeline, split_for_training
+from babelclip.training.recipes import get_recipe
+from babelclip.training.trainer import TrainConfig
+
+from . import synthetic
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = build_tiny_encoder(tmp_path_factory.mktemp("enc") / "enc", "xlm-roberta", extra_text=synthetic.all_text())
+    encoder = load_encoder(folder)
+    return encoder, synthetic.LinearTeacher(encoder)
+
+
+def _job(models, tmp_path, name="a", recipe="altclip-kd", steps=6, **options) -> TrainJob:
+    encoder, teacher = models
+    config = TrainConfig(steps=steps, batch_size=16, lr=1e-2, checkpoint_every=2)
+    return TrainJob(synthetic.pairs(("en", "de")), encoder, teacher, "linear teacher", get_recipe(recipe), "linear",
+                    config, str(tmp_path / f"{name}.safetensors"), str(tmp_path / "cache"), **options)
+
+
+def _recorder(stop_at: dict | None = None):
+    seen: list = []
+
+    def progress(stage, done, total, loss=None):
+        seen.append((stage, done, total, loss))
+    stop = (lambda: any(s == stop_at["stage"] and d >= stop_at["done"] for s, d, _, _ in seen)) if stop_at else None
+    return seen, Hooks(progress=progress, should_stop=stop, log=lambda line: None)
+
+
+def test_one_run_saves_the_adapter_with_its_metadata_and_evaluation(models, tmp_path):
+    seen, hooks = _recorder()
+    out = run_pipeline(_job(models, tmp_path), hooks)
+    assert not out.stopped and out.stage == "saved" and out.report["pairs"] > 0
+    spec = read_adapter_spec(out.path)
+    recipe = json.loads(spec.metadata["babelclip.recipe"])
+    assert {"name", "steps", "final_loss", "final_terms", "train_pairs", "seconds"} <= set(recipe)
+    assert json.loads(spec.metadata["babelclip.teacher"])["source"] == "linear teacher"
+    assert set(json.loads(spec.metadata["babelclip.metrics"])) >= {"r@1", "mean_recall", "cosine"}
+    stages = [s for s, *_ in seen]
+    assert stages.index("encoder") < stages.index("held-out encoder") < stages.index("training")
+    assert [d for s, d, _, _ in seen if s == "training"] == list(range(1, 7))
+    assert not (tmp_path / "a.safetensors.ckpt").exists()
+
+
+def test_a_stop_keeps_the_step_and_the_same_job_resumes_there(models, tmp_path):
+    _, hooks = _recorder({"stage": "training", "done": 3})
+    out = run_pipeline(_job(models, tmp_path, "r"), hooks)
+    assert out.stopped and out.stage == "training" and out.train.step == 3 and out.path is None
+    assert (tmp_path / "r.safetensors.ckpt").exists() and not (tmp_path / "r.safetensors").exists()
+    seen, hooks = _recorder()
+    out = run_pipeline(_job(models, tmp_path, "r"), hooks)
+    assert [d for s, d, _, _ in seen if s == "training"] == [4, 5, 6] and out.stage == "saved"
+
+
+def test_a_stop_while_caching_ends_before_any_step(models, tmp_path):
+    _, hooks = _recorder({"stage": "encoder", "done": 1})
+    out = run_pipeline(_job(models, tmp_path, "c"), hooks)
+    assert out.stopped and out.stage == "features" and out.train is None
+    assert not (tmp_path / "c.safetensors.ckpt").exists() and any((tmp_path / "cache").iterdir())
+
+
+def test_a_denoiser_recipe_without_its_images_is_refused_before_any_work(models, tmp_path):
+    with pytest.raises(InvalidDataError, match="'pea' needs one image per data row"):
+        run_pipeline(_job(models, tmp_path, "p", recipe="pea"), Hooks())
+    assert not (tmp_path / "cache").exists()
+
+
+def test_small_sets_hold_nothing_out():
+    pairs = synthetic.pairs(("en",))
+    few = pairs[: MIN_PAIRS_TO_HOLD_OUT - 1]
+    assert split_for_training(few, 0.1, 0) == (few, [])
+    assert split_for_training(pairs, 0.1, 0)[1]

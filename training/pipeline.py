@@ -1,0 +1,240 @@
+"""The one training pipeline: pairs, frozen models, recipe and settings in; a saved adapter and its evaluation out.
+
+The command line (``training/cli.py``), the training demo and the ComfyUI Train node only translate their inputs
+into a :class:`TrainJob` and their progress bars, cancel button or Ctrl-C into :class:`Hooks`; the steps are here:
+split the pairs, build the adapter, cache the frozen features, add the caller's images, train, evaluate on the
+held-out pairs and save the adapter with its metadata. So the same inputs give the same adapter file, whichever
+program ran them.
+
+What only a caller can prepare comes in ready: the loaded encoder and teacher, and for recipes that read images
+the ``images`` hook, which turns the training rows and their text features into ``(denoiser, rows with
+latents or image embeddings)`` (the command line loads a diffusers UNet, a host hands over its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import InvalidDataError
+from .data import Pair, split_pairs
+from .recipe_base import Recipe
+from .trainer import TrainConfig, TrainResult
+
+__all__ = ["TrainJob", "Hooks", "PipelineResult", "split_for_training", "check_job", "run_pipeline",
+           "MIN_PAIRS_TO_HOLD_OUT"]
+
+log = logging.getLogger("babelclip.training")
+
+#: fewer pairs than this: none are held out (an evaluation on one or two sentences says nothing)
+MIN_PAIRS_TO_HOLD_OUT = 20
+
+#: ``images(train_pairs, text_features) -> (denoiser or None, rows with latents / image embeddings)``
+ImagesHook = Callable[[list, object], tuple]
+
+
+@dataclasses.dataclass
+class TrainJob:
+    """Everything one training run reads, in the form every caller can give."""
+
+    pairs: Sequence[Pair]  # deduplicated; the held-out split is taken from them
+    encoder: object  # a loaded MultilingualEncoder
+    teacher: object  # a Teacher: ``family``, ``fingerprint``, ``clip_skip``, ``encode``
+    teacher_source: str  # what the metadata names as the teacher's source (a file name, or the host's words)
+    recipe: Recipe
+    arch: str
+    config: TrainConfig
+    out: str  # the adapter file to write (.safetensors)
+    cache_dir: str
+    layer: object = "last"
+    val_fraction: float = 0.1
+    arch_options: dict = dataclasses.field(default_factory=dict)
+    checkpoint: str | None = None  # resumable checkpoint; default ``<out>.ckpt``
+    resume: bool = True
+    overwrite: bool = False
+    report_files: bool = False  # also write ``<out stem>.eval.{json,md,png}``
+    images: ImagesHook | None = None
+    steady_heap: bool = False  # process-wide glibc allocator tuning (see trainer.train); for dedicated processes
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.checkpoint or self.out + ".ckpt"
+
+
+@dataclasses.dataclass
+class Hooks:
+    """How the caller follows and stops a run.
+
+    progress: ``(stage, done, total, loss)``; stage is ``"encoder"`` / ``"teacher"`` (training features),
+        ``"held-out encoder"`` / ``"held-out teacher"``, ``"training"`` (loss set) — one bar per stage.
+    should_stop: polled between batches; True ends the run at the next safe point (cached features and the
+        checkpoint of the last finished step are kept) and :func:`run_pipeline` returns ``stopped``.
+    log: one line of news for the user (the adapter, the split, the processes).
+    prepared: called with the fresh adapter and the held-out features before the first step (the demo
+        evaluates the untrained adapter there).
+    """
+
+    progress: Callable[[str, int, int, float | None], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    log: Callable[[str], None] = log.info
+    prepared: Callable[[object, object], None] | None = None
+
+    def stopping(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    stopped: bool
+    stage: str  # where it ended: "features", "training" or "saved"
+    path: str | None = None
+    adapter: object = None
+    train: TrainResult | None = None
+    report: dict | None = None
+    seconds: float = 0.0  # of the training loop
+    metadata: dict = dataclasses.field(default_factory=dict)
+
+
+def split_for_training(pairs: Sequence[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Training and held-out pairs; under :data:`MIN_PAIRS_TO_HOLD_OUT` pairs all of them train."""
+    return split_pairs(pairs, val_fraction if len(pairs) >= MIN_PAIRS_TO_HOLD_OUT else 0.0, seed=seed)
+
+
+def check_job(pairs: Sequence[Pair], recipe: Recipe, config: TrainConfig, val_fraction: float,
+              images: bool) -> tuple[list[Pair], list[Pair]]:
+    """The checks that need no model; returns the split. ``images``: the caller gives the recipe its images."""
+    if recipe.needs_images and not images:
+        raise InvalidDataError(f"Recipe {recipe.name!r} needs one image per data row (and, for the denoiser "
+                               f"recipes, the frozen denoiser): give them, or choose a text recipe.")
+    train_pairs, val_pairs = split_for_training(pairs, val_fraction, config.seed)
+    config.validate(len(train_pairs))
+    return train_pairs, val_pairs
+
+
+class _SingleProcess:
+    is_main_process = True
+    num_processes = 1
+
+    def main_process_first(self):
+        return contextlib.nullcontext()
+
+
+def process_state(device: str):
+    """accelerate's PartialState when started by `accelerate launch` with several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    return _SingleProcess()
+
+
+def _features(job: TrainJob, hooks: Hooks, pairs, layout: str, prefix: str = ""):
+    from .features import prepare_text_features
+
+    progress = ((lambda name, done, total: hooks.progress(prefix + name, done, total, None))
+                if hooks.progress else None)
+    return prepare_text_features(pairs, job.encoder, job.teacher, job.cache_dir, layer=job.layer,
+                                 batch_size=job.config.batch_size, progress=progress,
+                                 should_stop=hooks.should_stop, teacher_layout=layout)
+
+
+def _build_adapter(job: TrainJob):
+    from ..models import build_adapter
+
+    torch.manual_seed(job.config.seed)
+    return build_adapter(job.arch, job.encoder.info.hidden_size, job.teacher.family, **job.arch_options)
+
+
+def _prepare(job: TrainJob, hooks: Hooks, train_pairs, val_pairs, adapter):
+    """The training rows (text features, plus the caller's images) and the held-out features; None if stopped."""
+    from .features import teacher_layout_for
+
+    # the teacher's 77 tokens are cached only when the recipe and adapter read them (features.py)
+    data = _features(job, hooks, train_pairs, teacher_layout_for(adapter, job.recipe))
+    if hooks.stopping():
+        return None
+    val = _features(job, hooks, val_pairs, teacher_layout_for(adapter), "held-out ") if val_pairs else None
+    if hooks.stopping():
+        return None
+    denoiser = None
+    if job.images is not None:
+        denoiser, data = job.images(train_pairs, data)
+    if job.recipe.needs_unet and denoiser is None:
+        raise InvalidDataError(f"Recipe {job.recipe.name!r} trains through the frozen denoiser, and none was "
+                               f"given: give the checkpoint's denoiser and one image per row, or choose a text "
+                               f"recipe.")
+    return data, val, denoiser
+
+
+def metadata(job: TrainJob, result: TrainResult, train_pairs, report, seconds: float) -> dict:
+    """The adapter file's metadata: the same keys from every caller."""
+    teacher = job.teacher
+    return {
+        "encoder": job.encoder.info, "family": teacher.family.name, "layer": job.layer,
+        "teacher": {"family": teacher.family.name, "fingerprint": teacher.fingerprint,
+                    "source": job.teacher_source, "clip_skip": getattr(teacher, "clip_skip", None)},
+        "languages": sorted({p.lang for p in job.pairs}),
+        "recipe": {"name": job.recipe.name, **dataclasses.asdict(job.config), "final_loss": result.losses[-1],
+                   "final_terms": result.terms, "train_pairs": len(train_pairs), "seconds": seconds},
+        "metrics": report["average"] if report else {},
+    }
+
+
+def _save(job: TrainJob, hooks: Hooks, adapter, result: TrainResult, train_pairs, val, seconds: float):
+    from ..models import save_adapter
+    from .evaluation import evaluate_adapter, report_markdown, write_report
+
+    report = evaluate_adapter(adapter, val) if val is not None else None
+    meta = metadata(job, result, train_pairs, report, seconds)
+    save_adapter(adapter.cpu(), job.out, meta, overwrite=job.overwrite)
+    if os.path.exists(job.checkpoint_path):
+        os.unlink(job.checkpoint_path)
+    hooks.log(f"saved {job.out} (final loss {result.losses[-1]:.4g})")
+    if report and job.report_files:
+        paths = write_report(report, job.out[: -len(".safetensors")] + ".eval")
+        hooks.log(report_markdown(report))
+        hooks.log(f"evaluation: {paths['json']}, {paths['markdown']}, {paths['chart']}")
+    return report, meta
+
+
+def run_pipeline(job: TrainJob, hooks: Hooks | None = None) -> PipelineResult:
+    """Split, build, cache, train, evaluate, save (see the module doc). A stop returns ``stopped`` and keeps
+    what a rerun of the same job reuses: the cached features and the checkpoint of the last finished step."""
+    from .trainer import train
+
+    hooks = hooks or Hooks()
+    train_pairs, val_pairs = check_job(job.pairs, job.recipe, job.config, job.val_fraction, job.images is not None)
+    with torch.inference_mode(False), torch.enable_grad():  # hosts may call in inference mode
+        adapter = _build_adapter(job)
+    hooks.log(job.recipe.describe(adapter))
+    hooks.log(f"{len(train_pairs)} training and {len(val_pairs)} held-out pairs")
+    state = process_state(job.config.device)
+    if state.num_processes > 1 and state.is_main_process:
+        hooks.log(f"data parallel over {state.num_processes} processes (accelerate)")
+    with state.main_process_first():  # under `accelerate launch`, the main process fills the caches first
+        prepared = _prepare(job, hooks, train_pairs, val_pairs, adapter)
+    if prepared is None:
+        return PipelineResult(True, "features", adapter=adapter)
+    data, val, denoiser = prepared
+    if hooks.prepared is not None:
+        hooks.prepared(adapter, val)
+    progress = (lambda done, total, loss=None: hooks.progress("training", done, total, loss)) if hooks.progress \
+        else None
+    started = time.perf_counter()
+    with torch.inference_mode(False), torch.enable_grad():
+        result = train(adapter, job.recipe, data, job.config, checkpoint=job.checkpoint_path, resume=job.resume,
+                       unet=denoiser, progress=progress, should_stop=hooks.should_stop,
+                       steady_heap=job.steady_heap)
+    seconds = round(time.perf_counter() - started, 1)
+    if result.stopped:
+        return PipelineResult(True, "training", adapter=adapter, train=result, seconds=seconds)
+    if not state.is_main_process:
+        return PipelineResult(False, "training", adapter=adapter, train=result, seconds=seconds)
+    report, meta = _save(job, hooks, adapter, result, train_pairs, val, seconds)
+    return PipelineResult(False, "saved", job.out, adapter, result, report, seconds, meta)
