@@ -26,8 +26,24 @@ __all__ = ["atomic_write", "TEMP_SUFFIX"]
 TEMP_SUFFIX = ".part"
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", -1)}
 _NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: new files get the permissions open() would give them, not mkstemp's 0600
+
+
+def _umask() -> int:
+    """The process's umask, read when a file is written (importing this module changes nothing).
+
+    New files get the permissions open() would give them, not mkstemp's 0600. Linux reports the umask in
+    /proc; elsewhere it can only be read by setting it, which this does for the shortest possible moment.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: str) -> None:
@@ -73,7 +89,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], what: st
         os.close(fd)
         write(tmp)
         _fsync(tmp)
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_UMASK)
+        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_umask())
         os.replace(tmp, path)
         tmp = None
         _fsync_dir(folder)
