@@ -47,10 +47,71 @@ def test_no_bare_imports_of_package_folders():
     assert offenders == []
 
 
-def test_core_never_imports_comfyui():
-    comfy = re.compile(r"^\s*(import|from)\s+(comfy|folder_paths|nodes|execution|server)\b", re.M)
-    core = [p for p in SOURCES if p.parts[len(REPO.parts)] in ("models", "training")]
-    assert core and [str(p) for p in core if comfy.search(p.read_text())] == []
+#: top-level modules of host applications: ComfyUI (comfy, folder_paths, its nodes.py, ...) and Automatic1111/Forge
+HOSTS = {"comfy", "comfy_extras", "comfy_execution", "folder_paths", "nodes", "execution", "server",
+         "node_helpers", "latent_preview", "modules", "ldm_patched", "backend"}
+
+
+def _imported(tree, module: str) -> list[tuple[int, str]]:
+    """Every module an ``import`` anywhere in ``tree`` names, relative ones resolved against ``module``."""
+    import ast
+
+    package = module.split(".")[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]  # from .. import nodes
+    return found
+
+
+def layering_violations(path: Path, module: str) -> list[str]:
+    """Imports of the host glue (babelclip.nodes) or of a host application from one core module."""
+    import ast
+
+    bad = []
+    for line, name in _imported(ast.parse(path.read_text(encoding="utf-8")), module):
+        parts = name.split(".")
+        if parts[0] in HOSTS or parts[:2] == ["babelclip", "nodes"]:
+            bad.append(f"{path.name}:{line}: {name}")
+    return bad
+
+
+def _core_modules():
+    for p in SOURCES:
+        rel = p.relative_to(REPO)
+        if rel.parts[0] in ("models", "training"):
+            yield p, ".".join(["babelclip", *rel.with_suffix("").parts])
+
+
+def test_core_never_imports_the_glue_or_a_host():
+    core = list(_core_modules())
+    assert len(core) > 10 and [v for p, m in core for v in layering_violations(p, m)] == []
+
+
+BAD_IMPORTS = ["from ..nodes import glue", "from .. import nodes", "from ...nodes.glue import adapter_dirs",
+               "import babelclip.nodes.training", "from babelclip import nodes", "import folder_paths",
+               "import comfy.model_management as mm", "from modules import shared", "from nodes import CLIPTextEncode",
+               "def late():\n    import comfy.utils"]
+
+
+def test_the_layering_check_catches_every_kind_of_import(tmp_path):
+    """Each bad import, put in a copy of a core module (here, not in the repository), is reported."""
+    original = (REPO / "training" / "pipeline.py").read_text(encoding="utf-8")
+    for i, line in enumerate(BAD_IMPORTS):
+        copy = tmp_path / f"bad{i}.py"
+        copy.write_text(original + "\n" + line + "\n", encoding="utf-8")
+        assert layering_violations(copy, "babelclip.training.pipeline"), line
+    fine = tmp_path / "fine.py"
+    fine.write_text("from ..models import load_encoder\nfrom .data import Pair\nfrom .. import errors\n"
+                    "import torch\nfrom ..models.files import atomic_write\n", encoding="utf-8")
+    assert layering_violations(fine, "babelclip.training.fine") == []
 
 
 def test_errors_are_typed():
