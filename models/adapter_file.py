@@ -1,4 +1,4 @@
-"""Adapter files: one ``.safetensors`` with string metadata (DESIGN.md §5).
+"""Adapter files: one ``.safetensors`` with string metadata.
 
 Reading is split in two so that nothing large is allocated before the file is
 known to fit: :func:`read_adapter_spec` reads only the header (metadata and
@@ -119,6 +119,15 @@ def read_adapter_spec(path: str | os.PathLike) -> AdapterSpec:
     path = os.fspath(path)
     _refuse_pickle(path)
     _read_header_length(path)
+    meta, shapes = _header(path)
+    cls = _architecture(meta, path)
+    arch, config, family, encoder = _arch_config_and_target(meta, cls, path)
+    _check_tensors(arch, config, shapes, path)
+    return AdapterSpec(path, arch, config, family, encoder, _encoder_layer(encoder, path), meta, shapes)
+
+
+def _header(path: str) -> tuple[dict, dict]:
+    """The metadata and tensor shapes, after checking tensor count, dtypes and metadata sizes."""
     from safetensors import safe_open
 
     try:
@@ -148,7 +157,11 @@ def read_adapter_spec(path: str | os.PathLike) -> AdapterSpec:
         raise InvalidModelFileError(
             f"Adapter file {path!r} has a metadata entry {long_values[0][:60]!r} longer than {MAX_METADATA_CHARS:,} "
             f"characters. It was not written by BabelCLIP; use an adapter trained or saved by BabelCLIP.")
+    return meta, shapes
 
+
+def _architecture(meta: dict, path: str):
+    """The adapter class the metadata names, after checking the required keys and the format version."""
     missing = [PREFIX + k for k in _REQUIRED if PREFIX + k not in meta]
     if missing:
         raise InvalidModelFileError(
@@ -165,13 +178,19 @@ def read_adapter_spec(path: str | os.PathLike) -> AdapterSpec:
     if version > FORMAT_VERSION:
         raise IncompatibleAdapterError(
             f"{path!r} uses adapter format {version}, made by a newer BabelCLIP; this one reads format "
-            f"{FORMAT_VERSION} and older. Update BabelCLIP (ComfyUI-Manager > Update, or git pull).")
+            f"{FORMAT_VERSION} and older. Update BabelCLIP to a version that reads format {version}.")
     arch = meta[PREFIX + "arch"]
     cls = ARCHITECTURES.get(arch)
     if cls is None:
         raise IncompatibleAdapterError(
             f"{path!r} uses adapter architecture {arch[:60]!r}, which this BabelCLIP does not know (it knows "
             f"{', '.join(sorted(ARCHITECTURES))}). Update BabelCLIP.")
+    return cls
+
+
+def _arch_config_and_target(meta: dict, cls, path: str):
+    """``(arch, config, family, encoder metadata)`` from the JSON fields, checked against each other."""
+    arch = meta[PREFIX + "arch"]
     arch_config = _json_field(meta, "arch_config", path)
     target = _json_field(meta, "target", path)
     encoder = _json_field(meta, "encoder", path)
@@ -194,22 +213,30 @@ def read_adapter_spec(path: str | os.PathLike) -> AdapterSpec:
         raise InvalidModelFileError(
             f"{path!r}: its arch_config emits {config.cond_dim}/{config.pooled_dim}-wide conditioning but claims "
             f"family {family.label} ({family.cond_dim}/{family.pooled_dim}). The file is inconsistent.")
-    # Compare the tensors with the architecture built on the meta device (allocates nothing).
+    return arch, config, family, encoder
+
+
+def _check_tensors(arch: str, config, shapes: dict, path: str) -> None:
+    """The file's tensor shapes are those of the architecture built on the meta device (allocates nothing)."""
     try:
         expected = {k: tuple(v.shape) for k, v in config_to_adapter(arch, config, device="meta").state_dict().items()}
     except Exception as e:
-        raise InvalidModelFileError(f"{path!r}: its arch_config {arch_config} cannot build a {arch!r} adapter ({e}).") from None
+        raise InvalidModelFileError(f"{path!r}: its arch_config {dataclasses.asdict(config)} cannot build a {arch!r} adapter ({e}).") from None
     if expected != shapes:
         diff = sorted(set(expected) ^ set(shapes)) or sorted(k for k in expected if expected[k] != shapes[k])
         raise InvalidModelFileError(
             f"{path!r}: its tensors do not match its {arch!r} arch_config (first differences: "
             f"{', '.join(diff[:3])}). The file is damaged; train or download it again.")
+
+
+def _encoder_layer(encoder: dict, path: str):
+    """The encoder layer the adapter reads: 'last', 'penultimate' or a layer number."""
     layer = encoder.get("layer", "last")
     if isinstance(layer, bool) or not isinstance(layer, (int, str)) or (isinstance(layer, int) and abs(layer) > 1000) \
             or (isinstance(layer, str) and len(layer) > 20):
         raise InvalidModelFileError(f"{path!r}: babelclip.encoder has an invalid layer {str(layer)[:40]!r} (expected "
                                     f"'last', 'penultimate' or a layer number). Train or download the adapter again.")
-    return AdapterSpec(path, arch, config, family, encoder, layer, meta, shapes)
+    return layer
 
 
 def _check_arch_config(arch_config: dict, config_class, path: str) -> None:
