@@ -346,22 +346,9 @@ def quantize_int8(encoder: MultilingualEncoder) -> MultilingualEncoder:
     return encoder
 
 
-def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None, int8: bool = False) -> MultilingualEncoder:
-    """Load a frozen multilingual encoder from a local Hugging Face folder.
-
-    Args:
-        path: folder with ``config.json``, safetensors weights and tokenizer files.
-        device: where to put it (default CPU).
-        dtype: parameter dtype (default float32).
-        int8: run the linear layers in int8 on the CPU (:func:`quantize_int8`; needs the default device and
-            dtype).
-
-    Raises:
-        InvalidModelFileError: missing/invalid files, pickle-only weights, remote code.
-        UnsupportedModelError: an architecture BabelCLIP does not support.
-    """
-    folder = os.fspath(path)
+def _checked_folder(folder: str) -> tuple[dict, str]:
+    """The folder's config and model type, after the checks that need no model: it exists, runs no custom code,
+    is a supported architecture, has safetensors weights and tokenizer files."""
     if not os.path.isdir(folder):
         raise InvalidModelFileError(
             f"Encoder folder {folder!r} does not exist. Put the Hugging Face folder of a multilingual "
@@ -385,9 +372,11 @@ def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None =
             f"Encoder folder {folder!r} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}). "
             f"Download the full model folder, tokenizer included."
         )
+    return cfg, model_type
 
-    import transformers  # heavy: imported only when a model is loaded
 
+def _load_tokenizer(transformers, folder: str):
+    """The folder's own tokenizer (never remote code)."""
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             folder, local_files_only=True, trust_remote_code=False)
@@ -397,6 +386,11 @@ def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None =
             f"the tokenizer files of the model (tokenizer.json, or sentencepiece.bpe.model / spiece.model / "
             f"vocab.txt); download the full folder."
         ) from None
+    return tokenizer
+
+
+def _load_model(transformers, folder: str, model_type: str):
+    """The encoder stack alone (no decoder, no pooling layer), from safetensors weights only."""
     cls_name = _ENCODER_ONLY_CLASS.get(model_type)
     model_cls = getattr(transformers, cls_name) if cls_name else transformers.AutoModel
     kwargs = {"local_files_only": True, "trust_remote_code": False, "use_safetensors": True}
@@ -409,6 +403,30 @@ def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None =
             f"Cannot load the weights of encoder {folder!r}: {type(e).__name__}: {e}. "
             f"Download the folder again."
         ) from None
+    return model
+
+
+def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, int8: bool = False) -> MultilingualEncoder:
+    """Load a frozen multilingual encoder from a local Hugging Face folder.
+
+    Args:
+        path: folder with ``config.json``, safetensors weights and tokenizer files.
+        device: where to put it (default CPU).
+        dtype: parameter dtype (default float32).
+        int8: run the linear layers in int8 on the CPU (:func:`quantize_int8`; needs the default device and
+            dtype).
+
+    Raises:
+        InvalidModelFileError: missing/invalid files, pickle-only weights, remote code.
+        UnsupportedModelError: an architecture BabelCLIP does not support.
+    """
+    folder = os.fspath(path)
+    cfg, model_type = _checked_folder(folder)
+    import transformers  # heavy: imported only when a model is loaded
+
+    tokenizer = _load_tokenizer(transformers, folder)
+    model = _load_model(transformers, folder, model_type)
     model.to(dtype=dtype or torch.float32)  # after loading: works across transformers 4.x and 5.x
     mcfg = model.config
     num_layers = getattr(mcfg, "num_hidden_layers", None) or mcfg.num_layers
