@@ -129,7 +129,7 @@ class ComfyServer:
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
-                return json.loads(r.read())
+                return json.loads(r.read() or b"{}")  # /interrupt answers with an empty body
         except urllib.error.HTTPError as e:
             return {"http_error": e.code, **json.loads(e.read() or b"{}")}
 
@@ -187,42 +187,45 @@ class ProgressListener:
 
         self.client_id = uuid.uuid4().hex
         self.messages: "queue.Queue[dict]" = queue.Queue()
-        self._ready, self._done = threading.Event(), threading.Event()
+        self._ready = threading.Event()
+        self._loop = self._ws = None
         self._url = f"ws://127.0.0.1:{server.port}/ws?clientId={self.client_id}"
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> "ProgressListener":
         self._thread.start()
-        if not self._ready.wait(30):
-            raise TimeoutError(f"could not connect to {self._url}")
+        if not self._ready.wait(30) or self._ws is None:
+            raise ConnectionError(f"could not connect to {self._url}")
         return self
 
     def __exit__(self, *exc) -> None:
-        self._done.set()
+        import asyncio
+
+        if self._loop is not None and self._ws is not None:
+            asyncio.run_coroutine_threadsafe(self._ws.close(), self._loop)
         self._thread.join(10)
 
     def _run(self) -> None:
         import asyncio
 
-        asyncio.run(self._listen())
+        try:
+            asyncio.run(self._listen())
+        finally:
+            self._ready.set()
 
     async def _listen(self) -> None:
+        import asyncio
+
         import aiohttp
 
         async with aiohttp.ClientSession() as session, session.ws_connect(self._url) as ws:
+            self._loop, self._ws = asyncio.get_running_loop(), ws
             self._ready.set()
-            while not self._done.is_set():
-                try:
-                    msg = await ws.receive(timeout=0.2)
-                except TimeoutError:
-                    continue
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                        return
-                    continue
-                data = json.loads(msg.data)
-                if data.get("type") == "progress":
-                    self.messages.put(data["data"])
+            async for msg in ws:  # ends when __exit__ closes the socket
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    data = json.loads(msg.data)
+                    if data.get("type") == "progress":
+                        self.messages.put(data["data"])
 
     def next(self, timeout: float = 120) -> dict:
         """The next progress message ``{"value", "max", ...}``; TimeoutError when none comes."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -54,6 +56,14 @@ def test_object_info_lists_every_node_with_tooltips(comfy):
         for section in ("required", "optional"):
             for name, spec in info[node_id]["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    ours = {node_id: spec for node_id, spec in info.items() if node_id.startswith("BabelCLIP")}
+    assert len(ours) == 7, sorted(ours)
+    for node_id, spec in ours.items():  # the README's Nodes table names every node the server offers
+        assert f"| **{spec['display_name']}** (`{node_id}`) |" in readme, f"{node_id} missing from the README"
+        for section in ("required", "optional"):
+            for name, input_spec in spec["input"].get(section, {}).items():
+                assert len(input_spec) > 1 and input_spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     assert "tiny-xlmr" in info["BabelCLIPLoadEncoder"]["input"]["required"]["encoder_name"][0]
     adapters = info["BabelCLIPLoadAdapter"]["input"]["required"]["adapter_name"][0]
     assert {"tiny-sd1.safetensors", "tiny-sdxl.safetensors"} <= set(adapters)
