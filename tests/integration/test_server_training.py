@@ -159,7 +159,7 @@ def _cancel_while_caching_then_rerun(server, graph: dict, train_steps: int = 0) 
 
 
 def test_cancel_while_caching_keeps_what_was_cached(server):
-    texts = 160
+    texts = 110
     prompts = "\n".join(f"an oil painting of lighthouse number {i}, stormy sea" for i in range(texts))
     graph = text_graph(train_node(["1", 0], "altclip-kd", prompts=prompts, steps=3, batch_size=8, name="cached"))
     todo, left, entry = _cancel_while_caching_then_rerun(server, graph, train_steps=3)
@@ -168,7 +168,7 @@ def test_cancel_while_caching_keeps_what_was_cached(server):
 
 
 def test_evaluate_node_cancel_keeps_what_was_cached(server):
-    texts = 120
+    texts = 100
     prompts = "\n".join(f"a watercolour of village number {i}\tune aquarelle du village {i}\tfr" for i in range(texts))
     graph = text_graph({"class_type": "BabelCLIPEvaluateAdapter", "inputs": {
         "clip": ["1", 0], "encoder": ["2", 0], "adapter": ["3", 0], "data_file": TEXT_BOX, "prompts": prompts}})
