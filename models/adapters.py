@@ -4,7 +4,7 @@ One registry (:data:`ARCHITECTURES`) holds every architecture; adapter files nam
 theirs in ``babelclip.arch`` and are rebuilt from ``babelclip.arch_config``.
 Each adapter maps encoder hidden states ``[B, T, in_dim]`` (with an attention
 mask) to conditioning tokens ``[B, T', cond_dim]`` and a pooled vector
-``[B, pooled_dim]``, where the widths come from the target family (DESIGN.md §4).
+``[B, pooled_dim]``, where the widths come from the target family.
 
 Parameter counts at XLM-R-large input (``in_dim=1024``), default settings,
 checked by ``tests/test_adapters.py``:

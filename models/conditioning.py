@@ -1,4 +1,4 @@
-"""Prompt -> conditioning: weights, chunking, encoder, adapter (DESIGN.md §3-4).
+"""Prompt -> conditioning: weights, chunking, encoder, adapter.
 
 :func:`encode_prompts` turns prompts into the tensors ComfyUI's CONDITIONING
 carries. Semantics follow ComfyUI's CLIPTextEncode:

@@ -44,7 +44,7 @@ def resolve_inside(bases: Iterable[str], name: str, what: str = "model") -> str:
             return path
     raise InvalidModelFileError(
         f"The {what} {name!r} was not found in {', '.join(bases) or 'any model folder'}. "
-        f"Put it there and press Refresh in ComfyUI.")
+        f"Put it there, or choose one that is listed.")
 
 
 def list_files(bases: Iterable[str], suffixes: tuple[str, ...]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Evaluation protocol (DESIGN.md §6): does the adapter put a translation where the teacher puts the English?
+"""Evaluation protocol (XTD10 / Multi30K style): does the adapter put a translation where the teacher puts the English?
 
 For held-out parallel pairs ``(x_en, x_lang)`` the teacher embeds ``x_en`` and the
 student (encoder + adapter) embeds ``x_lang``. Per language, on the cosine
