@@ -29,11 +29,12 @@ import torch
 from torch import nn
 
 from ..errors import IncompatibleAdapterError
-from .families import TargetFamily
+from .families import CLIP_CONTEXT, TargetFamily
 
 __all__ = [
     "AdapterConfig",
     "AdapterOutput",
+    "Conditioning",
     "Adapter",
     "ARCHITECTURES",
     "register_arch",
@@ -61,12 +62,16 @@ class AdapterConfig:
 
 
 @dataclass
-class AdapterOutput:
-    """Conditioning tokens ``[B, T', cond_dim]``, pooled ``[B, pooled_dim]`` and token mask ``[B, T']``."""
+class Conditioning:
+    """What an adapter and :func:`~babelclip.models.encode_prompts` return: tokens ``cond [B, L, cond_dim]``,
+    ``pooled [B, pooled_dim]`` and ``mask [B, L]`` (1 = a real prompt token)."""
 
     cond: torch.Tensor
     pooled: torch.Tensor
     mask: torch.Tensor
+
+
+AdapterOutput = Conditioning  # the name adapters' forward() was first documented with
 
 
 class Adapter(nn.Module):
@@ -114,6 +119,8 @@ def build_adapter(arch: str, in_dim: int, family: TargetFamily, *, device=None, 
             f"Unknown adapter architecture {arch!r}; this BabelCLIP knows {', '.join(sorted(ARCHITECTURES))}. "
             f"Update BabelCLIP if the adapter was made by a newer version."
         )
+    if any(f.name == "num_queries" for f in dataclasses.fields(cls.config_class)):
+        options.setdefault("num_queries", family.context_tokens)  # fixed-length adapters emit the family's context
     config = cls.config_class(in_dim=in_dim, cond_dim=family.cond_dim, pooled_dim=family.pooled_dim, **options)
     return config_to_adapter(arch, config, device=device, dtype=dtype)
 
@@ -221,7 +228,8 @@ class BottleneckAdapter(Adapter):
 
 @dataclass
 class ResamplerConfig(AdapterConfig):
-    num_queries: int = field(default=77, metadata={"help": "number of conditioning tokens emitted"})
+    num_queries: int = field(default=CLIP_CONTEXT, metadata={"help": "number of conditioning tokens emitted "
+                                                                     "(build_adapter: the family's context)"})
     width: int = field(default=768, metadata={"help": "internal width of the transformer"})
     layers: int = field(default=1, metadata={"help": "transformer layers (cross-attention + self-attention + FFN)"})
     heads: int = field(default=8, metadata={"help": "attention heads"})

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import InvalidDataError, InvalidPromptError
-from .adapters import Adapter
+from .adapters import Adapter, Conditioning
 from .encoder import LayerSpec, MultilingualEncoder
 from .families import CLIP_CONTEXT
 from .prompt import parse_prompt_weights
@@ -37,15 +37,6 @@ __all__ = ["Conditioning", "encode_prompts", "mix_with_clip", "MIX_MODES", "toke
 log = logging.getLogger(__name__)
 
 MIX_MODES = ("off", "concat", "blend")
-
-
-@dataclass
-class Conditioning:
-    """``cond [B, L, D]``, ``pooled [B, P]`` and ``mask [B, L]`` (1 = a real prompt token)."""
-
-    cond: torch.Tensor
-    pooled: torch.Tensor
-    mask: torch.Tensor
 
 
 @dataclass
@@ -106,50 +97,47 @@ def encode_prompts(encoder: MultilingualEncoder, adapter: Adapter, prompts: Sequ
     if layer is None:
         layer = getattr(getattr(adapter, "spec", None), "layer", "last")
     parsed = [tokenize_prompt(encoder, p, strict_syntax=strict_syntax) for p in prompts]
-    flat = [(i, c, w) for i, p in enumerate(parsed) for c, w in zip(p.chunks, p.weights)]
-    width = max(len(c) for _, c, _ in flat)
-    any_weight = any(x != 1.0 for _, _, w in flat for x in w)
-    device, dtype = encoder.device, encoder.dtype
-
+    flat = [(c, w) for p in parsed for c, w in zip(p.chunks, p.weights)]
+    width = max(len(c) for c, _ in flat)
     empty_hidden = empty_cond = None
-    need_empty = any_weight or len({len(p.chunks) for p in parsed}) > 1
-    if need_empty:
+    if any(x != 1.0 for _, w in flat for x in w) or len({len(p.chunks) for p in parsed}) > 1:
         e = encoder.encode_ids([encoder.with_special_tokens([])], layer, pad_to=width)
-        empty_hidden = e.hidden
-        empty_out = adapter(e.hidden, e.mask)
-        empty_cond = empty_out.cond
+        empty_hidden, empty_cond = e.hidden, adapter(e.hidden, e.mask).cond
+    out = [_encode_chunks(encoder, adapter, flat[start: start + batch_size], layer, width, empty_hidden, empty_cond,
+                          check_interrupt) for start in range(0, len(flat), batch_size)]
+    chunks = Conditioning(*(torch.cat([getattr(o, f) for o in out]) for f in ("cond", "pooled", "mask")))
+    return _side_by_side(parsed, chunks, empty_cond, encoder.dtype)
 
-    conds, pooleds, masks = [], [], []
-    for start in range(0, len(flat), batch_size):
-        if check_interrupt is not None:
-            check_interrupt()
-        part = flat[start: start + batch_size]
-        enc = encoder.encode_ids([c for _, c, _ in part], layer, pad_to=width)
-        w = torch.ones(enc.mask.shape, dtype=enc.hidden.dtype, device=device)
-        for row, (_, _, ws) in enumerate(part):
-            w[row, : len(ws)] = torch.tensor(ws, dtype=w.dtype)
-        weighted = bool((w != 1).any())
-        if weighted and not adapter.token_aligned:
-            plain = adapter(enc.hidden, enc.mask)
-            shifted = (enc.hidden - empty_hidden) * w.unsqueeze(-1) + empty_hidden
-            out = adapter(shifted, enc.mask)
-            out.pooled = plain.pooled
-        else:
-            out = adapter(enc.hidden, enc.mask)
-            if weighted:
-                out.cond = (out.cond - empty_cond) * w.unsqueeze(-1) + empty_cond
-        conds.append(out.cond)
-        pooleds.append(out.pooled)
-        masks.append(out.mask)
-    cond, pooled, mask = torch.cat(conds), torch.cat(pooleds), torch.cat(masks)
 
-    # Reassemble: each prompt's chunks side by side; prompts with fewer chunks padded with empty chunks.
+def _encode_chunks(encoder, adapter, part, layer, width, empty_hidden, empty_cond, check_interrupt) -> Conditioning:
+    """One encoder batch of prompt chunks ``part`` (ids, weights) through the adapter, with the prompt weights."""
+    if check_interrupt is not None:
+        check_interrupt()
+    enc = encoder.encode_ids([c for c, _ in part], layer, pad_to=width)
+    w = torch.ones(enc.mask.shape, dtype=enc.hidden.dtype, device=encoder.device)
+    for row, (_, ws) in enumerate(part):
+        w[row, : len(ws)] = torch.tensor(ws, dtype=w.dtype)
+    weighted = bool((w != 1).any())
+    if weighted and not adapter.token_aligned:  # weights act on the encoder states the queries read
+        plain = adapter(enc.hidden, enc.mask)
+        out = adapter((enc.hidden - empty_hidden) * w.unsqueeze(-1) + empty_hidden, enc.mask)
+        out.pooled = plain.pooled
+        return out
+    out = adapter(enc.hidden, enc.mask)
+    if weighted:
+        out.cond = (out.cond - empty_cond) * w.unsqueeze(-1) + empty_cond
+    return out
+
+
+def _side_by_side(parsed: list[_Prompt], chunks: Conditioning, empty_cond, dtype) -> Conditioning:
+    """Each prompt's chunks side by side along the tokens, prompts with fewer chunks padded with empty chunks;
+    pooled from each prompt's first chunk."""
     most = max(len(p.chunks) for p in parsed)
     rows, row_pooled, row_mask, k = [], [], [], 0
     for p in parsed:
         n = len(p.chunks)
-        pieces, pmask = list(cond[k: k + n]), list(mask[k: k + n])
-        row_pooled.append(pooled[k])
+        pieces, pmask = list(chunks.cond[k: k + n]), list(chunks.mask[k: k + n])
+        row_pooled.append(chunks.pooled[k])
         for _ in range(most - n):
             pieces.append(empty_cond[0])
             pmask.append(torch.zeros_like(pmask[0]))

@@ -318,7 +318,7 @@ CASES = [
         UnsafePathError, ("escape.safetensors", "link", "Copy the file into the folder")),
     Bad("name-with-nul", lambda e: "a\x00.safetensors", ADAPTER_NAME, UnsafePathError, ("adapter name", "from the list")),
     Bad("name-not-found", lambda e: "missing.safetensors", ADAPTER_NAME,
-        InvalidModelFileError, ("missing.safetensors", "not found", "Refresh")),
+        InvalidModelFileError, ("missing.safetensors", "not found", "choose one that is listed")),
     # --- training settings and runs -------------------------------------------------------------------
     Bad("train-zero-steps", lambda e: settings(steps=0), VALIDATE,
         InvalidDataError, ("steps must be at least 1", "Change them")),

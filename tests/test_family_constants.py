@@ -22,7 +22,6 @@ ALLOWED = {
     # models/adapters.py is another module's: its defaults are architecture sizes, not a family's
     ("models/adapters.py", 1024): "MLP adapter hidden width default",
     ("models/adapters.py", 768): "resampler's internal transformer width default",
-    ("models/adapters.py", 77): "resampler's default query count (the adapter file stores the real one)",
     ("models/tiny.py", "sd1"): "the tiny checkpoint is an SD1.x layout on purpose; its sizes come from FAMILIES",
     ("nodes/encode.py", 1024): "image-size defaults of the SDXL node (as CLIPTextEncodeSDXL), not a width",
 }
