@@ -61,12 +61,15 @@ class Cancel:
         mm.throw_exception_if_processing_interrupted()
 
 
-def _caching_progress(cancel: Cancel):
-    """Progress of the feature caches (encoder, then teacher), each on its own bar."""
+def _stage_bars(cancel: Cancel):
+    """A ``(stage, done, total, *ignored)`` callback with one ComfyUI progress bar per stage (encoder, teacher,
+    held-out ..., training), each made on the stage's first report."""
     bars: dict = {}
 
-    def progress(name: str, done: int, total: int) -> None:
-        bars.setdefault(name, cancel.progress_bar(total))(done, total)
+    def progress(stage: str, done: int, total: int, *_) -> None:
+        if stage not in bars:
+            bars[stage] = cancel.progress_bar(total)
+        bars[stage](done, total)
     return progress
 
 
@@ -205,9 +208,7 @@ class TrainAdapter:
                        checkpoint=os.path.join(_cache_dir(), f"{os.path.basename(path)[:-12]}-{recipe}-{arch}-"
                                                              f"{seed}.ckpt"),
                        images=_images_hook(recipe_obj, pairs, teacher, model, vae, images, clip_vision))
-        bars: dict = {}  # one ComfyUI progress bar per stage (encoder, teacher, held-out ..., training)
-        out = run_pipeline(job, Hooks(progress=lambda stage, done, total, loss=None: bars.setdefault(
-            stage, cancel.progress_bar(total))(done, total), should_stop=cancel.should_stop))
+        out = run_pipeline(job, Hooks(progress=_stage_bars(cancel), should_stop=cancel.should_stop))
         if out.stopped:  # cached features and the last finished step's checkpoint are kept for a rerun
             cancel.raise_if_cancelled()
             raise mm.InterruptProcessingException()
@@ -283,7 +284,7 @@ class EvaluateAdapter:
         model = glue.ready_to_encode(encoder, adapter, teacher.family)
         cancel = Cancel()
         feats = prepare_text_features(pairs, encoder.encoder, teacher, _cache_dir(), layer=adapter.spec.layer,
-                                      teacher_layout=teacher_layout_for(model), progress=_caching_progress(cancel),
+                                      teacher_layout=teacher_layout_for(model), progress=_stage_bars(cancel),
                                       should_stop=cancel.should_stop)
         cancel.raise_if_cancelled()  # what was cached so far stays cached
         report = evaluate_adapter(model, feats)
