@@ -403,6 +403,40 @@ def chart_training(training, path):
     plt.close(fig)
 
 
+def before_after_section(name: str, measure: str, rounds: int = 2) -> list[str]:
+    """Rows of ``<name>-before<i>`` and ``<name>-after<i>`` (issue 11.6: an older BabelCLIP and this one, run
+    alternately in one session by ``bench/before_after.sh``): the median of each side over its rounds, the ratio,
+    and the spread between the rounds of the same code (the noise to read the ratio against)."""
+    import statistics
+
+    from compare import rows
+
+    sides = {}
+    for side in ("before", "after"):
+        runs = [rows(f"{name}-{side}{i}") for i in range(1, rounds + 1)
+                if os.path.exists(os.path.join(RESULTS, f"{name}-{side}{i}.json"))]
+        if not runs:
+            return []
+        sides[side] = runs
+    keys = [k for k in sides["before"][0] if all(k in r for runs in sides.values() for r in runs)]
+    higher_is_better = measure.endswith("_per_s")
+    out = [f"| {name} row | {measure} before | {measure} after | after / before | spread between rounds |",
+           "|---|---|---|---|---|"]
+    ratios, spreads = [], []
+    for key in keys:
+        label = ", ".join(v for k, v in key if k in ("path", "arch", "batch", "prompt"))
+        values = {side: [r[key][measure] for r in runs] for side, runs in sides.items()}
+        before, after = (statistics.median(values[s]) for s in ("before", "after"))
+        spread = max(max(v) / min(v) - 1 for v in values.values())
+        ratios.append(after / before)
+        spreads.append(spread)
+        out.append(f"| {label} | {before:.4g} | {after:.4g} | {after / before:.2f} | {spread:.0%} |")
+    worse = [r for r in ratios if (r < 1 if higher_is_better else r > 1)]
+    out += ["", f"{len(keys)} rows; median ratio {statistics.median(ratios):.3f}, median spread between rounds of the "
+                f"same code {statistics.median(spreads):.0%}; {len(worse)} rows slower in the median.", ""]
+    return out
+
+
 def table(rows, cols, fmt):
     out = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -480,6 +514,14 @@ def main() -> int:
     lines += scaling_section(scaling, extras["scaling_before"], extras["heap"], extras["scaling_trim"])
     lines += encode_profile_section(extras)
     lines += gpu_section(extras)
+    refactor = before_after_section("encode", "ms") + before_after_section("training", "steps_per_s")
+    commits = load_optional("before-after")
+    if refactor and commits:
+        lines += ["## Before and after the issue 11 refactor", "",
+                  f"`bash bench/before_after.sh {commits['before']}`: the encode and training rows (`--quick`) of "
+                  f"{commits['before']} (before the refactor) and {commits['after']}, run alternately in one session "
+                  f"on an otherwise idle machine, {commits['rounds']} rounds each. Medians over the rounds; the spread "
+                  "is the largest difference between two rounds of the same code.", ""] + refactor
     lines += ["## Memory and sizes", "",
               f"Peak RSS with XLM-R-base + mlp loaded: {memory['rss']['loaded_peak_rss_mb']:.0f} MB; while encoding "
               f"batches of 16 long prompts: {memory['rss']['encoding_peak_rss_mb']:.0f} MB.", "",

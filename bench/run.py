@@ -290,7 +290,7 @@ def bench_peers(args, device, work) -> dict:
     pea = torch.nn.Sequential(torch.nn.LayerNorm(1024), torch.nn.Linear(1024, 1024, bias=False), torch.nn.GELU(),
                               torch.nn.Linear(1024, 1024, bias=False), torch.nn.GELU(),
                               torch.nn.Linear(1024, 768, bias=False))
-    peers["PEA-Diffusion MLP (DESIGN.md §1)"] = (pea, lambda m: m(hidden))
+    peers["PEA-Diffusion MLP"] = (pea, lambda m: m(hidden))
     for arch in ("linear", "mlp", "bottleneck", "resampler"):
         peers[f"BabelCLIP {arch}"] = (build_adapter(arch, 1024, FAMILIES["sd1"]), lambda m: m(hidden, mask))
     rows = []

@@ -1,7 +1,7 @@
 """ComfyUI nodes of BabelCLIP: the one registry of node ids (prefixed, never renamed)."""
 
 from .encode import TextEncode, TextEncodeSDXL
-from .glue import register_folders
+from .comfy_runtime import register_folders
 from .loaders import LoadAdapter, LoadEncoder
 from .training import EvaluateAdapter, SaveAdapter, TrainAdapter
 

@@ -6,7 +6,7 @@ import torch
 
 from ..errors import IncompatibleAdapterError
 from ..models import FAMILIES, MIX_MODES, encode_prompts, mix_with_clip
-from . import glue
+from . import comfy_runtime as runtime
 
 LAYER_CHOICES = ("from adapter", "last", "penultimate")
 
@@ -52,7 +52,7 @@ def encode(encoder, adapter, text, clip=None, clip_mix="off", clip_strength=0.5,
 
     ``size_conditioning``: the node adds the size embedding, so adapter and CLIP must be of a family that reads it.
     """
-    family = glue.clip_family(clip) if clip is not None else None
+    family = runtime.clip_family(clip) if clip is not None else None
     if size_conditioning and not (family or adapter.spec.family).size_conditioning:
         sized = [f.short for f in FAMILIES.values() if f.size_conditioning]
         plain = [f.short for f in FAMILIES.values() if not f.size_conditioning]
@@ -64,20 +64,20 @@ def encode(encoder, adapter, text, clip=None, clip_mix="off", clip_strength=0.5,
     if clip_mix != "off" and clip is None:
         raise IncompatibleAdapterError(f"clip_mix is {clip_mix!r} but no CLIP is connected: connect the "
                                        f"checkpoint's CLIP output or set clip_mix to 'off'.")
-    adapter_module = glue.ready_to_encode(encoder, adapter, family)
+    adapter_module = runtime.ready_to_encode(encoder, adapter, family)
     layer = None if encoder_layer == "from adapter" else encoder_layer
     result = encode_prompts(encoder.encoder, adapter_module, [text], layer=layer,
-                            check_interrupt=glue.check_interrupt, strict_syntax=bool(strict_syntax))
+                            check_interrupt=runtime.check_interrupt, strict_syntax=bool(strict_syntax))
     clip_cond = clip_pooled = clip_empty = None
     if clip is not None and clip_mix != "off":
-        clip_cond, clip_pooled = glue.clip_encode(clip, text)
+        clip_cond, clip_pooled = runtime.clip_encode(clip, text)
         if clip_mix == "blend":
-            clip_empty = glue.clip_encode(clip, "")[0][0, :family.context_tokens]
+            clip_empty = runtime.clip_encode(clip, "")[0][0, :family.context_tokens]
         cond, pooled = mix_with_clip(result, clip_cond, clip_pooled, mode=clip_mix, strength=clip_strength,
                                      clip_empty=clip_empty, context=family.context_tokens)
     else:
         cond, pooled = result.cond, result.pooled
-    out = glue.intermediate_device()
+    out = runtime.intermediate_device()
     return cond.to(out, torch.float32), pooled.to(out, torch.float32)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..models.encoder import download_command
-from . import glue
+from . import comfy_runtime as runtime
 
 
 class LoadEncoder:
@@ -18,7 +18,7 @@ class LoadEncoder:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "encoder_name": (glue.list_encoders(), {
+            "encoder_name": (runtime.list_encoders(), {
                 "tooltip": "A folder with config.json, *.safetensors weights and tokenizer files under "
                            "models/text_encoders or models/clip, e.g. one made by `"
                            + download_command("FacebookAI/xlm-roberta-large", "models/text_encoders/xlm-roberta-large")
@@ -33,7 +33,7 @@ class LoadEncoder:
         }}
 
     def load(self, encoder_name, int8_on_cpu=False):
-        return (glue.ManagedEncoder(encoder_name, int8=int8_on_cpu),)
+        return (runtime.ManagedEncoder(encoder_name, int8=int8_on_cpu),)
 
 
 class LoadAdapter:
@@ -48,10 +48,10 @@ class LoadAdapter:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "adapter_name": (glue.list_adapters(), {
+            "adapter_name": (runtime.list_adapters(), {
                 "tooltip": "An adapter file in models/babelclip. It must match the encoder (same model) and the "
                            "checkpoint family (SD1.x, SD2.x or SDXL) it was trained for."}),
         }}
 
     def load(self, adapter_name):
-        return (glue.AdapterHandle(adapter_name),)
+        return (runtime.AdapterHandle(adapter_name),)

@@ -21,7 +21,7 @@ from ..training.features import prepare_text_features, teacher_layout_for
 from ..training.pipeline import Hooks, TrainJob, run_pipeline
 from ..training.recipes import DEFAULT_RECIPE, get_recipe, list_recipes, recipe_help
 from ..training.trainer import TrainConfig
-from . import glue, train_glue
+from . import comfy_runtime as runtime, loaded_models
 
 DATA_NONE = "(use the text box)"
 
@@ -96,13 +96,13 @@ def _pairs(data_file: str, text: str):
 
 
 def _cache_dir() -> str:
-    return os.path.join(glue.adapter_dirs()[0], ".cache")
+    return os.path.join(runtime.adapter_dirs()[0], ".cache")
 
 
 def _unique_path(name: str) -> str:
     stem = re.sub(r"[^\w\-. ]", "_", name).strip(" .")
     stem = (stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem) or "babelclip-adapter"
-    folder = glue.adapter_dirs()[0]
+    folder = runtime.adapter_dirs()[0]
     path, n = os.path.join(folder, stem + ".safetensors"), 1
     while os.path.exists(path):
         path, n = os.path.join(folder, f"{stem}_{n:05d}.safetensors"), n + 1
@@ -197,11 +197,11 @@ class TrainAdapter:
             text_only = " / ".join(r.name for r in list_recipes() if not r.needs_images)
             raise InvalidDataError(f"Recipe {recipe!r} trains through the UNet: connect model, vae and images "
                                    f"(one image per row), or choose {text_only}.")
-        teacher = train_glue.ComfyClipTeacher(clip)
+        teacher = loaded_models.ComfyClipTeacher(clip)
         device = mm.get_torch_device()
         config = TrainConfig(steps=steps, lr=learning_rate, batch_size=batch_size, seed=seed,
                              device="cpu" if device.type == "cpu" else str(device))
-        glue.load_encoder_for_features(encoder)
+        runtime.load_encoder_for_features(encoder)
         path = _unique_path(adapter_name)
         cancel = Cancel()
         job = TrainJob(pairs, encoder.encoder, teacher, "ComfyUI CLIP", recipe_obj, arch, config, path, _cache_dir(),
@@ -212,9 +212,9 @@ class TrainAdapter:
         if out.stopped:  # cached features and the last finished step's checkpoint are kept for a rerun
             cancel.raise_if_cancelled()
             raise mm.InterruptProcessingException()
-        name = os.path.relpath(path, glue.adapter_dirs()[0]).replace(os.sep, "/")
+        name = os.path.relpath(path, runtime.adapter_dirs()[0]).replace(os.sep, "/")
         curve = _plot(out.train.losses, f"{recipe} / {arch}: {os.path.basename(path)}")
-        return {"ui": {"text": [f"saved {name}"]}, "result": (glue.AdapterHandle(name), curve)}
+        return {"ui": {"text": [f"saved {name}"]}, "result": (runtime.AdapterHandle(name), curve)}
 
 
 def _images_hook(recipe, pairs, teacher, model, vae, images, clip_vision):
@@ -229,8 +229,8 @@ def _images_hook(recipe, pairs, teacher, model, vae, images, clip_vision):
     def prepare(train_pairs, data):
         rows = [index[id(p)] for p in train_pairs]
         if not use_vision:
-            latents = train_glue.encode_images(vae, model, images)[rows]
-            return train_glue.ComfyUNet(model), _WithImages(data, latents=latents)
+            latents = loaded_models.encode_images(vae, model, images)[rows]
+            return loaded_models.ComfyUNet(model), _WithImages(data, latents=latents)
         embeds = clip_vision.encode_image(images).image_embeds.float().cpu().clone()
         if embeds.shape[-1] != teacher.family.pooled_dim:
             raise InvalidDataError(
@@ -280,8 +280,8 @@ class EvaluateAdapter:
 
     def evaluate(self, clip, encoder, adapter, data_file, prompts):
         pairs = _pairs(data_file, prompts)
-        teacher = train_glue.ComfyClipTeacher(clip)
-        model = glue.ready_to_encode(encoder, adapter, teacher.family)
+        teacher = loaded_models.ComfyClipTeacher(clip)
+        model = runtime.ready_to_encode(encoder, adapter, teacher.family)
         cancel = Cancel()
         feats = prepare_text_features(pairs, encoder.encoder, teacher, _cache_dir(), layer=adapter.spec.layer,
                                       teacher_layout=teacher_layout_for(model), progress=_stage_bars(cancel),

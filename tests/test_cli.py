@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -186,17 +187,30 @@ def _tiny_diffusers(folder, ckpt, tok):
     return folder
 
 
-def test_unet_recipe_from_the_cli_with_images(setup, encoder_dirs):
+def test_unet_recipe_from_the_cli_with_images(setup, encoder_dirs, caplog):
+    """A v-prediction pipeline (its scheduler config says so) trains towards v; a damaged config is refused
+    before any image is encoded."""
+    from diffusers import EulerDiscreteScheduler
 
     d, common = setup
     teacher = _tiny_diffusers(d / "sd-tiny", common[1], common[3])
+    EulerDiscreteScheduler(prediction_type="v_prediction").save_pretrained(teacher / "scheduler")
     _image_data(d / "images.tsv", "zh", 24, (20, 24), lambda i: (i * 10 % 255, 80, 160), "img")
     out = d / "pea.safetensors"
-    assert main(["train", "--teacher", str(teacher), "--encoder", encoder_dirs["xlm-roberta"], "--cache-dir",
-                 str(d / "cache"), "--data", str(d / "images.tsv"), "--recipe", "pea", "--arch", "mlp",
-                 "--steps", "4", "--batch-size", "4", "--resolution", "16", "--out", str(out)]) == 0
+    args = ["train", "--teacher", str(teacher), "--encoder", encoder_dirs["xlm-roberta"], "--cache-dir",
+            str(d / "cache"), "--data", str(d / "images.tsv"), "--recipe", "pea", "--arch", "mlp",
+            "--steps", "4", "--batch-size", "4", "--resolution", "16", "--out", str(out)]
+    with caplog.at_level("INFO", logger="babelclip"):
+        assert main(args) == 0
+    assert "The UNet predicts v" in caplog.text and "scheduler_config.json" in caplog.text
     assert json.loads(read_adapter_spec(out).metadata["babelclip.recipe"])["name"] == "pea"
     assert any(p.name.startswith("latents-") for p in (d / "cache").iterdir())
+
+    (teacher / "scheduler" / "scheduler_config.json").write_text('{"prediction_type": "v_pred')
+    shutil.rmtree(d / "cache")
+    assert main([*args[:-1], str(d / "other.safetensors")]) == 2
+    assert not (d / "other.safetensors").exists()
+    assert not list((d / "cache").glob("latents-*"))
 
 
 def _free_port() -> int:

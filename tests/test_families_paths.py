@@ -1,4 +1,4 @@
-"""Family lookup, and path confinement of workflow names (detection from ComfyUI keys: tests/integration/test_family_glue.py)."""
+"""Family lookup, and path confinement of workflow names (detection from ComfyUI keys: tests/integration/test_family_detection.py)."""
 
 from __future__ import annotations
 

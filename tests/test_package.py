@@ -95,7 +95,7 @@ def test_core_never_imports_the_glue_or_a_host():
     assert len(core) > 10 and [v for p, m in core for v in layering_violations(p, m)] == []
 
 
-BAD_IMPORTS = ["from ..nodes import glue", "from .. import nodes", "from ...nodes.glue import adapter_dirs",
+BAD_IMPORTS = ["from ..nodes import comfy_runtime", "from .. import nodes", "from ...nodes.comfy_runtime import adapter_dirs",
                "import babelclip.nodes.training", "from babelclip import nodes", "import folder_paths",
                "import comfy.model_management as mm", "from modules import shared", "from nodes import CLIPTextEncode",
                "def late():\n    import comfy.utils"]

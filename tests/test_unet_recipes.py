@@ -84,3 +84,66 @@ def test_recipes_are_distinct():
     assert names <= set(RECIPES)
     assert len({RECIPES[n].loss for n in names}) == len(names)  # no renamed copies
     assert len({RECIPES[n].loss_formula for n in names}) == len(names)
+
+
+def test_the_v_target_is_diffusers_velocity_on_stable_diffusions_schedule():
+    from diffusers import DDPMScheduler
+
+    from babelclip.training.unet import add_noise, denoiser_target, sd_alphas_cumprod
+
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    assert torch.allclose(scheduler.alphas_cumprod.float(), sd_alphas_cumprod(), atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(5, 4, 8, 8, generator=g), torch.randn(5, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 900, 999])
+    a = sd_alphas_cumprod()
+    assert torch.allclose(denoiser_target(x0, noise, t, a, "v"), scheduler.get_velocity(x0, noise, t), atol=1e-5)
+    assert torch.allclose(add_noise(x0, noise, t, a), scheduler.add_noise(x0, noise, t), atol=1e-5)
+    assert denoiser_target(x0, noise, t, a, "eps") is noise
+    with pytest.raises(ValueError, match="prediction"):
+        denoiser_target(x0, noise, t, a, "flow")
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_denoising_terms_train_towards_what_the_unet_predicts(task, prediction):  # noqa: F811
+    """MuLan's loss (and PEA's noise term) is the MSE to the noise for an eps model and to v for a v model."""
+    from diffusers import DDPMScheduler
+
+    _, tr, _ = task
+    unet = tiny_unet()
+    unet.prediction = prediction
+    batch = WithLatents(tr).batch(range(4))
+    adapter = build_adapter("linear", 32, tr.family)
+    torch.manual_seed(7)  # the recipe's draws, in its order: noise, then timesteps
+    noise = torch.randn_like(batch.latents)
+    t = torch.randint(0, 1000, (4,))
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    target = noise if prediction == "eps" else scheduler.get_velocity(batch.latents, noise, t)
+    with torch.no_grad():
+        out = adapter(batch.hidden, batch.mask)
+        expected = torch.nn.functional.mse_loss(
+            unet.predict(scheduler.add_noise(batch.latents, noise, t), t, out.cond, out.pooled), target).item()
+        torch.manual_seed(7)
+        mulan = get_recipe("mulan").loss(adapter, batch, unet)[0].item()
+        torch.manual_seed(7)
+        pea_noise = get_recipe("pea").loss(adapter, batch, unet)[1]["noise"]
+    assert mulan == pytest.approx(expected, rel=1e-4) and pea_noise == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_schedule_and_prediction_come_from_the_pipelines_scheduler_config(tmp_path):
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler
+
+    from babelclip.training.unet import schedule_from_folder, sd_alphas_cumprod
+
+    alphas, prediction, source = schedule_from_folder(str(tmp_path), "v")
+    assert prediction == "v" and torch.equal(alphas, sd_alphas_cumprod()) and "default" in source
+    EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                           prediction_type="v_prediction").save_pretrained(tmp_path / "scheduler")
+    alphas, prediction, source = schedule_from_folder(str(tmp_path), "eps")
+    assert prediction == "v" and torch.allclose(alphas, sd_alphas_cumprod()) and source.endswith("scheduler_config.json")
+    DDPMScheduler(beta_schedule="linear", prediction_type="epsilon").save_pretrained(tmp_path / "scheduler")
+    alphas, prediction, _ = schedule_from_folder(str(tmp_path), "v")
+    assert prediction == "eps" and not torch.allclose(alphas, sd_alphas_cumprod())
+    DDPMScheduler(prediction_type="sample").save_pretrained(tmp_path / "scheduler")
+    with pytest.raises(ValueError, match="prediction_type 'sample' is not supported"):
+        schedule_from_folder(str(tmp_path), "eps")

@@ -132,7 +132,7 @@ def _unet_and_latents(args, pairs, text_features):
 
     from ..models.adapter_file import tensor_hash
     from .images import ImageTextFeatures, diffusers_vae_encoder, prepare_latents
-    from .unet import DiffusersUNet
+    from .unet import DiffusersUNet, schedule_from_folder
 
     try:  # safetensors only: a folder with just diffusion_pytorch_model.bin is refused, never unpickled
         unet = UNet2DConditionModel.from_pretrained(os.path.join(args.teacher, "unet"), local_files_only=True,
@@ -142,11 +142,17 @@ def _unet_and_latents(args, pairs, text_features):
     except (OSError, ValueError) as e:
         raise BabelClipError(f"Cannot load the UNet/VAE of {args.teacher!r} ({str(e)[:200]}). It needs "
                              f"unet/ and vae/ with config.json and .safetensors weights.") from None
+    try:
+        alphas_cumprod, prediction, source = schedule_from_folder(args.teacher, text_features.family.prediction)
+    except (OSError, ValueError) as e:
+        raise BabelClipError(f"Cannot read the noise schedule of {args.teacher!r}: {str(e)[:300]}. Use a diffusers "
+                             f"folder whose scheduler/scheduler_config.json is intact.") from None
+    log.info("The UNet predicts %s (%s).", "the noise" if prediction == "eps" else "v", source)
     encode, channels, factor = diffusers_vae_encoder(vae.float())
     fingerprint = tensor_hash(vae.state_dict())[:16]
     latents = prepare_latents(pairs, encode, channels, factor, args.cache_dir, fingerprint, args.resolution,
                               progress=_bar("encoding images"))
-    return DiffusersUNet(unet.float()), ImageTextFeatures(text_features, latents)
+    return DiffusersUNet(unet.float(), alphas_cumprod, prediction), ImageTextFeatures(text_features, latents)
 
 
 @dataclasses.dataclass

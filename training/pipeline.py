@@ -1,7 +1,7 @@
 """The one training pipeline: pairs, frozen models, recipe and settings in; a saved adapter and its evaluation out.
 
-The command line (``training/cli.py``), the training demo and the ComfyUI Train node only translate their inputs
-into a :class:`TrainJob` and their progress bars, cancel button or Ctrl-C into :class:`Hooks`; the steps are here:
+The command line (``training/cli.py``), the training demo and each host's training entry point only translate their
+inputs into a :class:`TrainJob` and their progress bars, cancel button or Ctrl-C into :class:`Hooks`; the steps are here:
 split the pairs, build the adapter, cache the frozen features, add the caller's images, train, evaluate on the
 held-out pairs and save the adapter with its metadata. So the same inputs give the same adapter file, whichever
 program ran them.

@@ -1,4 +1,4 @@
-"""The frozen UNet seen by UNet recipes: noise schedule, forward, and feature capture.
+"""The frozen UNet seen by UNet recipes: noise schedule, what it predicts, forward, and feature capture.
 
 :class:`FrozenUNet` is the interface; :class:`DiffusersUNet` implements it for a
 diffusers ``UNet2DConditionModel`` (the CLI path, from a diffusers folder). The
@@ -17,7 +17,10 @@ from torch import nn
 
 from ..models.families import size_conditioning_ids
 
-__all__ = ["FrozenUNet", "DiffusersUNet", "sd_alphas_cumprod"]
+__all__ = ["FrozenUNet", "DiffusersUNet", "sd_alphas_cumprod", "schedule_from_folder", "add_noise", "denoiser_target", "PREDICTIONS"]
+
+#: What a denoiser may be trained to output: the noise (``eps``) or the velocity ``v`` (SD2.x 768-v models).
+PREDICTIONS = ("eps", "v")
 
 
 def sd_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
@@ -28,21 +31,27 @@ def sd_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: 
 
 class FrozenUNet(Protocol):
     alphas_cumprod: torch.Tensor
+    prediction: str  # one of PREDICTIONS
 
-    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
-                      pooled: torch.Tensor | None = None) -> torch.Tensor: ...
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's output for noised ``latents``: noise or v, as :attr:`prediction` says."""
 
     def capture(self, kind: str) -> contextlib.AbstractContextManager[list]: ...
 
 
 class DiffusersUNet:
-    """A frozen diffusers ``UNet2DConditionModel`` (epsilon prediction)."""
+    """A frozen diffusers ``UNet2DConditionModel``; ``prediction`` and the schedule come from the pipeline folder's
+    ``scheduler/`` configuration where it has one (:func:`schedule_from_folder`)."""
 
-    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor | None = None):
+    def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor | None = None, prediction: str = "eps"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
         self.unet = unet.eval().requires_grad_(False)
         self.alphas_cumprod = alphas_cumprod if alphas_cumprod is not None else sd_alphas_cumprod()
+        self.prediction = prediction
 
-    def predict_noise(self, latents, timesteps, cond, pooled=None):
+    def predict(self, latents, timesteps, cond, pooled=None):
         kwargs = {}
         if getattr(self.unet.config, "addition_embed_type", None) == "text_time":  # size-conditioned (SDXL)
             ids = size_conditioning_ids(latents.shape[-2] * 8, latents.shape[-1] * 8)
@@ -73,7 +82,46 @@ class DiffusersUNet:
                 h.remove()
 
 
+def schedule_from_folder(folder: str, default_prediction: str) -> tuple[torch.Tensor, str, str]:
+    """``(alphas_cumprod, prediction, source)`` of a diffusers pipeline folder, read from its
+    ``scheduler/scheduler_config.json`` (beta schedule and ``prediction_type``) by diffusers itself; without one,
+    Stable Diffusion's schedule and ``default_prediction`` (the family's). ``source`` says which, for the log."""
+    import json
+    import os
+
+    path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(path):
+        return sd_alphas_cumprod(), default_prediction, "no scheduler/ folder: the family's default"
+    from diffusers import DDPMScheduler
+
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    scheduler = DDPMScheduler.from_config(config)
+    kind = {"epsilon": "eps", "v_prediction": "v"}.get(scheduler.config.prediction_type)
+    if kind is None:
+        raise ValueError(f"{path}: prediction_type {scheduler.config.prediction_type!r} is not supported "
+                         f"(epsilon or v_prediction)")
+    return scheduler.alphas_cumprod.float(), kind, path
+
+
+def _alpha(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return alphas_cumprod.to(like.device)[timesteps].view(-1, 1, 1, 1).to(like.dtype)
+
+
 def add_noise(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
               alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    a = alphas_cumprod.to(latents.device)[timesteps].view(-1, 1, 1, 1).to(latents.dtype)
+    """``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` (DDPM forward process)."""
+    a = _alpha(alphas_cumprod, timesteps, latents)
     return a.sqrt() * latents + (1 - a).sqrt() * noise
+
+
+def denoiser_target(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                    alphas_cumprod: torch.Tensor, prediction: str) -> torch.Tensor:
+    """What a denoiser that predicts ``prediction`` should output for ``add_noise(latents, noise, t)``:
+    the noise itself, or ``v = sqrt(a_t) eps - sqrt(1 - a_t) x_0`` (Salimans & Ho, 2022)."""
+    if prediction == "eps":
+        return noise
+    if prediction == "v":
+        a = _alpha(alphas_cumprod, timesteps, latents)
+        return a.sqrt() * noise - (1 - a).sqrt() * latents
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")

@@ -7,6 +7,9 @@
 * ``mulan`` — MuLan: plain denoising loss ``MSE(eps_s, eps)`` through the frozen
   UNet, trained on English captions and their images only (zero-shot to other
   languages through the multilingual encoder).
+
+  ``eps`` stands for what the denoiser predicts: the noise, or ``v`` for v-prediction
+  models (SD2.x 768-v), whose denoising target is ``v`` (``unet.prediction``).
 * ``iap`` — image as pivot: the image latents are the pivot; the cross-attention
   outputs of the UNet attending to the adapter's conditioning of the target text
   are pulled to those attending to the teacher's conditioning of the English text.
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidDataError
 from .recipe_base import Batch, Recipe
-from .unet import add_noise
+from .unet import add_noise, denoiser_target
 
 __all__ = ["Pea", "MuLan", "ImageAsPivot"]
 
@@ -35,22 +38,23 @@ class _UNetRecipe(Recipe):
         latents = batch.latents
         noise = torch.randn_like(latents)
         t = torch.randint(0, len(unet.alphas_cumprod), (latents.shape[0],), device=latents.device)
-        return add_noise(latents, noise, t, unet.alphas_cumprod), noise, t
+        target = denoiser_target(latents, noise, t, unet.alphas_cumprod, unet.prediction)  # noise, or v
+        return add_noise(latents, noise, t, unet.alphas_cumprod), target, t
 
     def _paired(self, adapter, batch: Batch, unet, kind: str):
         """The same noised latents through the UNet twice: with the teacher's conditioning of the English text
         (frozen, no grad) and with the adapter's of the target text; ``kind`` features captured from both."""
         if batch.teacher_cond is None:
             raise InvalidDataError(f"Recipe {self.name!r} needs the teacher's conditioning of the English text.")
-        x, noise, t = self._noised(batch, unet)
+        x, target, t = self._noised(batch, unet)
         with torch.no_grad(), unet.capture(kind) as teacher_feats:
-            eps_t = unet.predict_noise(x, t, batch.teacher_cond.to(x.dtype), batch.teacher_pooled)
+            eps_t = unet.predict(x, t, batch.teacher_cond.to(x.dtype), batch.teacher_pooled)
         out = adapter(batch.hidden, batch.mask)
         with unet.capture(kind) as student_feats:
-            eps_s = unet.predict_noise(x, t, out.cond.to(x.dtype), out.pooled)
+            eps_s = unet.predict(x, t, out.cond.to(x.dtype), out.pooled)
         if not teacher_feats or len(teacher_feats) != len(student_feats):
             raise InvalidDataError(f"The UNet's {kind.replace('_', ' ')} features could not be captured.")
-        return noise, eps_t, eps_s, teacher_feats, student_feats
+        return target, eps_t, eps_s, teacher_feats, student_feats
 
 
 class Pea(_UNetRecipe):
@@ -62,10 +66,10 @@ class Pea(_UNetRecipe):
         self.feature_weight, self.noise_weight = feature_weight, noise_weight
 
     def loss(self, adapter, batch, unet=None):
-        noise, eps_t, eps_s, teacher_feats, student_feats = self._paired(adapter, batch, unet, "blocks")
+        target, eps_t, eps_s, teacher_feats, student_feats = self._paired(adapter, batch, unet, "blocks")
         kd = F.mse_loss(eps_s.float(), eps_t.float())
         feats = sum(F.mse_loss(s.float(), t_.float()) for s, t_ in zip(student_feats, teacher_feats))
-        denoise = F.mse_loss(eps_s.float(), noise.float())
+        denoise = F.mse_loss(eps_s.float(), target.float())
         loss = kd + self.feature_weight * feats + self.noise_weight * denoise
         return loss, {"eps_kd": kd.item(), "features": float(feats.detach()), "noise": denoise.item()}
 
@@ -79,9 +83,9 @@ class MuLan(_UNetRecipe):
         return "mean"  # the teacher's tokens are not read
 
     def loss(self, adapter, batch, unet=None):
-        x, noise, t = self._noised(batch, unet)
+        x, target, t = self._noised(batch, unet)
         out = adapter(batch.hidden, batch.mask)
-        loss = F.mse_loss(unet.predict_noise(x, t, out.cond.to(x.dtype), out.pooled).float(), noise.float())
+        loss = F.mse_loss(unet.predict(x, t, out.cond.to(x.dtype), out.pooled).float(), target.float())
         return loss, {"noise": loss.item()}
 
 

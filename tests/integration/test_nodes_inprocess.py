@@ -213,7 +213,7 @@ def test_the_node_and_the_command_line_write_the_same_metadata(comfy_nodes, sd1_
 def test_comfy_unet_backward_reaches_the_conditioning_only(comfy_nodes, sd15_model):
     """The UNet recipes' gradient flows to the adapter's conditioning and to no UNet weight: ComfyUI's parameters
     keep requires_grad=True, and copies that kept it made each backward pass compute 860M weight gradients."""
-    from babelclip.nodes.train_glue import ComfyUNet
+    from babelclip.nodes.loaded_models import ComfyUNet
 
     model, _ = sd15_model
     with torch.inference_mode():
@@ -221,9 +221,36 @@ def test_comfy_unet_backward_reaches_the_conditioning_only(comfy_nodes, sd15_mod
     assert not any(t.requires_grad for t in unet.state.values())
     with torch.inference_mode(False), torch.enable_grad():
         cond = torch.randn(1, 77, 768, requires_grad=True)
-        eps = unet.predict_noise(torch.randn(1, 4, 8, 8), torch.tensor([500]), cond)
+        eps = unet.predict(torch.randn(1, 4, 8, 8), torch.tensor([500]), cond)
         eps.square().mean().backward()
     assert cond.grad is not None and torch.isfinite(cond.grad).all() and cond.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("patch, expected", [
+    (None, "eps"), (("ModelSamplingDiscrete", "v_prediction"), "v"), (("ModelSamplingDiscrete", "eps"), "eps"),
+    (("ModelSamplingDiscrete", "lcm"), None), (("ModelSamplingDiscrete", "x0"), None),
+    (("ModelSamplingContinuousEDM", "v_prediction"), None), (("ModelSamplingContinuousEDM", "eps"), None)])
+def test_comfy_unet_trains_towards_what_the_model_predicts(comfy_nodes, sd15_model, patch, expected):
+    """The prediction is read from the MODEL's sampling object, so ComfyUI's own detection (SD2 768-v) and the
+    user's ModelSampling* patch nodes decide it; other kinds (x0, EDM, LCM's 50-step distilled schedule) are
+    refused with the node to use."""
+    import comfy_extras.nodes_model_advanced as advanced
+
+    from babelclip.errors import UnsupportedModelError
+    from babelclip.nodes.loaded_models import ComfyUNet
+
+    model, _ = sd15_model
+    if patch is not None:
+        node, sampling = patch
+        extra = {"zsnr": False} if node == "ModelSamplingDiscrete" else {"sigma_max": 120.0, "sigma_min": 0.002}
+        model = getattr(advanced, node)().patch(model, sampling, **extra)[0]
+    with torch.inference_mode():
+        if expected is None:
+            with pytest.raises(UnsupportedModelError, match="ModelSamplingDiscrete to eps or v_prediction"):
+                ComfyUNet(model)
+            return
+        unet = ComfyUNet(model)
+    assert unet.prediction == expected and len(unet.alphas_cumprod) == 1000
 
 
 @pytest.mark.badinput

@@ -1,4 +1,4 @@
-"""ComfyUI sources for training: the loaded CLIP as teacher, the loaded MODEL as frozen UNet, VAE latents."""
+"""The checkpoint the user has loaded in ComfyUI, as training needs it: CLIP as teacher, MODEL as frozen UNet, VAE latents."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import torch
 
 import comfy.model_management as mm
 
+from ..errors import UnsupportedModelError
 from ..models.adapter_file import tensor_hash
 from ..models.families import size_conditioning_ids
 from ..models.teacher import TeacherOutput
-from . import glue
+from . import comfy_runtime as runtime
 
 
 class ComfyClipTeacher:
@@ -22,7 +23,7 @@ class ComfyClipTeacher:
 
     def __init__(self, clip):
         self.clip = clip
-        self.family = glue.clip_family(clip)
+        self.family = runtime.clip_family(clip)
         patches = getattr(clip.patcher, "patches", {}) or {}
         described = sorted((k, len(v), str([p[0] for p in v])) for k, v in patches.items())
         h = hashlib.sha256(tensor_hash(clip.cond_stage_model.state_dict()).encode())
@@ -33,22 +34,54 @@ class ComfyClipTeacher:
     def encode(self, texts) -> TeacherOutput:
         conds, pooleds, context = [], [], self.family.context_tokens
         for text in texts:
-            cond, pooled = glue.clip_encode(self.clip, text)
+            cond, pooled = runtime.clip_encode(self.clip, text)
             conds.append(cond[:, :context].float().cpu().clone())  # clone: out of inference mode
             pooleds.append(pooled.float().cpu().clone())
         return TeacherOutput(torch.cat(conds), torch.cat(pooleds))
 
 
+#: ComfyUI's prediction classes (``comfy.model_sampling``) the UNet recipes train through, as the core names them.
+#: EDM, X0, CONST (flow) and the rest subclass these or stand apart; they are refused, as are schedules other than
+#: the discrete 1000-step one (the UNet is called with its integer timesteps).
+PREDICTIONS = {"EPS": "eps", "V_PREDICTION": "v"}
+OTHER_PREDICTIONS = {"EDM", "X0", "IMG_TO_IMG", "CONST", "COSMOS_RFLOW"}
+OTHER_SCHEDULES = {"ModelSamplingDiscreteDistilled", "ModelSamplingDiscreteEDM", "StableCascadeSampling"}
+
+
+def prediction_of(sampling) -> str | None:
+    """``"eps"`` or ``"v"`` for a ComfyUI ``model_sampling`` object (the one patch nodes such as
+    ModelSamplingDiscrete replace), from its classes; None for any other prediction or schedule."""
+    names = {cls.__name__ for cls in type(sampling).__mro__}
+    if "ModelSamplingDiscrete" not in names or names & (OTHER_PREDICTIONS | OTHER_SCHEDULES):
+        return None
+    return next((PREDICTIONS[n] for n in ("V_PREDICTION", "EPS") if n in names), None)
+
+
+def _model_sampling(model):
+    """The MODEL's sampling object with the user's patches (ModelSamplingDiscrete & co.) applied; ComfyUI before
+    get_model_object() (2024) keeps them in ``object_patches``."""
+    if hasattr(model, "get_model_object"):
+        return model.get_model_object("model_sampling")
+    return getattr(model, "object_patches", {}).get("model_sampling", model.model.model_sampling)
+
+
 class ComfyUNet:
-    """A ComfyUI MODEL as frozen epsilon-predicting UNet for the UNet recipes."""
+    """A ComfyUI MODEL as frozen noise- or v-predicting UNet for the UNet recipes."""
 
     def __init__(self, model):
+        sampling = _model_sampling(model)
+        self.prediction = prediction_of(sampling)
+        if self.prediction is None:
+            kinds = " + ".join(c.__name__ for c in type(sampling).__mro__[1:] if c.__module__.startswith("comfy"))
+            raise UnsupportedModelError(
+                f"The connected MODEL samples as {kinds or type(sampling).__name__}; the UNet recipes (pea, mulan, "
+                f"iap) train through UNets with the discrete 1000-step schedule that predict the noise (eps) or v. "
+                f"Connect the checkpoint's own MODEL output (or one patched by ModelSamplingDiscrete to eps or "
+                f"v_prediction), or use a text-only recipe.")
         self.patcher = model
         mm.load_models_gpu([model])
         self.base = model.model
         self.net = model.model.diffusion_model
-        sampling = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") \
-            else model.model.model_sampling
         self.alphas_cumprod = (1 / (1 + sampling.sigmas.float() ** 2)).cpu()
         self.device = self.patcher.load_device
         self.dtype = model.model.get_dtype()
@@ -60,7 +93,7 @@ class ComfyUNet:
             self.state = {k: (v.detach().clone() if v.is_inference() else v.detach())
                           for k, v in [*self.net.named_parameters(), *self.net.named_buffers()]}
 
-    def predict_noise(self, latents, timesteps, cond, pooled=None):
+    def predict(self, latents, timesteps, cond, pooled=None):
         kwargs = {}
         if getattr(self.net, "num_classes", None) is not None and pooled is not None:  # size-conditioned: adm
             h, w, top, left, target_h, target_w = size_conditioning_ids(latents.shape[-2] * 8, latents.shape[-1] * 8)

@@ -1,4 +1,4 @@
-"""Thin glue between the pure core and ComfyUI: model folders and memory management.
+"""ComfyUI at run time, as the nodes need it: model folders, memory management, family detection, interrupts.
 
 Encoders and adapters are wrapped in ComfyUI's ``ModelPatcher`` so that its
 memory manager moves them between the text-encoder device and the offload

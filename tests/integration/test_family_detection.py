@@ -1,4 +1,4 @@
-"""Family detection from ComfyUI's CLIP state-dict prefixes: host glue (nodes/glue.py), read from FAMILIES."""
+"""Family detection from ComfyUI's CLIP state-dict prefixes: host glue (nodes/comfy_runtime.py), read from FAMILIES."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ T5 = "t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"
 @pytest.mark.parametrize("keys,name", [([L], "sd1"), ([H], "sd2"), ([L, G], "sdxl"),
                                        ([G, L, "clip_l.logit_scale"], "sdxl")])
 def test_detects_supported_families(comfy_nodes, keys, name):  # noqa: F811
-    from babelclip.nodes.glue import family_from_clip_keys
+    from babelclip.nodes.comfy_runtime import family_from_clip_keys
 
     fam = family_from_clip_keys(keys)
     assert fam.name == name and fam is get_family(name)
@@ -29,13 +29,13 @@ def test_detects_supported_families(comfy_nodes, keys, name):  # noqa: F811
 @pytest.mark.parametrize("keys,match", [([L, G, T5], "SD3"), ([L, T5], "Flux"), ([G], "refiner"),
                                         (["foo.bar"], "foo")])
 def test_unsupported_families_say_what_they_are(comfy_nodes, keys, match):  # noqa: F811
-    from babelclip.nodes.glue import family_from_clip_keys
+    from babelclip.nodes.comfy_runtime import family_from_clip_keys
 
     with pytest.raises(UnsupportedModelError, match=match):
         family_from_clip_keys(keys)
 
 
 def test_a_real_comfyui_clip_is_sd1(comfy_nodes, sd1_clip):  # noqa: F811
-    from babelclip.nodes.glue import clip_family
+    from babelclip.nodes.comfy_runtime import clip_family
 
     assert clip_family(sd1_clip) is get_family("sd1")
