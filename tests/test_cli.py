@@ -98,8 +98,11 @@ def test_train_writes_an_adapter_with_metadata_and_evaluation(setup, capsys):
     assert main(["eval", *common, "--data", str(d / "pairs.tsv"), "--adapter", str(out), "--json", str(report)]) == 0
     data = json.loads(report.read_text())
     assert set(data["languages"]) == {"de", "ru"}
-    for m in [*data["languages"].values(), data["average"]]:
-        assert set(m) == {"r@1", "r@5", "r@10", "mean_recall", "cosine"}
+    for m in [*data["languages"].values(), data["average"]]:  # the encoder's own R@1 and the transfer beside
+        assert set(m) == {"r@1", "r@5", "r@10", "mean_recall", "cosine", "encoder_r@1", "transfer"}
+    for m in data["languages"].values():
+        assert m["transfer"] == pytest.approx(m["r@1"] / m["encoder_r@1"])
+    assert "encoder_r@1" in json.loads(spec.metadata["babelclip.metrics"])  # training's held-out evaluation too
 
 
 def test_train_runs_the_pipeline_with_the_steady_heap(setup, tmp_path):

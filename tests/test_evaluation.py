@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -53,3 +54,49 @@ def test_write_report(tmp_path):
     with Image.open(paths["chart"]) as img:
         assert img.format == "PNG" and img.size[0] >= 300
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["report.json", "report.md", "report.png"]
+
+
+def test_the_ceiling_is_the_encoders_own_retrieval_and_transfer_the_share_kept(tmp_path):
+    """With the English side's encoder states cached, the report puts the encoder's own R@1 (mean-pooled states,
+    computed here straight from the encoder) beside the adapter's, and transfer = adapter R@1 / encoder R@1."""
+    from babelclip.models import build_adapter, load_encoder
+    from babelclip.models.tiny import build_tiny_encoder
+    from babelclip.training.data import Pair, split_pairs
+    from babelclip.training.evaluation import add_ceiling, encoder_ceiling, evaluate_adapter, report_markdown
+    from babelclip.training.features import prepare_text_features
+
+    from . import synthetic
+
+    encoder = load_encoder(build_tiny_encoder(tmp_path / "enc", "xlm-roberta", extra_text=synthetic.all_text()))
+    teacher = synthetic.LinearTeacher(encoder)
+    parallel = [Pair(en, t, lang) for lang in ("de", "ru")
+                for en, t in zip(synthetic.corpus("en"), synthetic.corpus(lang))]
+    _, pairs = split_pairs(parallel, 0.3, seed=1)
+    torch.manual_seed(0)
+    adapter = build_adapter("linear", encoder.info.hidden_size, teacher.family).eval()
+
+    plain = prepare_text_features(pairs, encoder, teacher, tmp_path / "cache")
+    assert encoder_ceiling(plain) is None
+    assert "transfer" not in evaluate_adapter(adapter, plain)["average"]
+
+    feats = prepare_text_features(pairs, encoder, teacher, tmp_path / "cache", encode_english=True)
+    report = evaluate_adapter(adapter, feats)
+
+    def pooled(texts):
+        out = encoder.encode(texts)
+        return ((out.hidden * out.mask.unsqueeze(-1)).sum(1) / out.mask.sum(1, keepdim=True)).float()
+
+    langs = [p.lang for p in pairs]
+    direct = evaluate_embeddings(pooled([p.en for p in pairs]), pooled([p.text for p in pairs]), langs)
+    assert {lang for lang in langs} == set(report["languages"]) and len(set(langs)) > 1
+    for lang, m in report["languages"].items():
+        assert m["encoder_r@1"] == pytest.approx(direct["languages"][lang]["r@1"], abs=1e-6)
+        assert m["transfer"] == pytest.approx(m["r@1"] / m["encoder_r@1"])
+    assert report["average"]["transfer"] == pytest.approx(
+        sum(m["transfer"] for m in report["languages"].values()) / len(report["languages"]))
+    assert encoder_ceiling(feats)["languages"].keys() == report["languages"].keys()
+    table = report_markdown(report)
+    assert "| encoder_r@1 | transfer |" in table and "the share of it the adapter keeps" in table
+
+    zero = {"languages": {"de": {"r@1": 0.5}}, "average": {}}  # an encoder that retrieves nothing: no ratio
+    assert math.isnan(add_ceiling(zero, {"languages": {"de": {"r@1": 0.0}}})["languages"]["de"]["transfer"])

@@ -93,7 +93,7 @@ def _bar(desc: str):
     return update
 
 
-def _features(args, pairs, encoder, teacher, layer, teacher_layout="tokens"):
+def _features(args, pairs, encoder, teacher, layer, teacher_layout="tokens", encode_english=False):
     from .features import prepare_text_features
 
     bars = {}
@@ -102,7 +102,7 @@ def _features(args, pairs, encoder, teacher, layer, teacher_layout="tokens"):
         bars.setdefault(name, _bar(f"caching {name} features"))(done, total)
 
     return prepare_text_features(pairs, encoder, teacher, args.cache_dir, layer=layer, batch_size=args.batch_size,
-                                 progress=progress, teacher_layout=teacher_layout)
+                                 progress=progress, teacher_layout=teacher_layout, encode_english=encode_english)
 
 
 def cmd_cache(args) -> int:
@@ -331,11 +331,12 @@ def cmd_eval(args) -> int:
     encoder, teacher, pairs, layer = _load(args)
     adapter = load_adapter(args.adapter, encoder=encoder.info, family=teacher.family)
     feats = _features(args, pairs, encoder, teacher, adapter.spec.layer if args.layer == "last" else layer,
-                      teacher_layout_for(adapter))
+                      teacher_layout_for(adapter), encode_english=True)
     report = evaluate_adapter(adapter, feats)
-    flat = {lang: {k: m[k] for k in ("r@1", "r@5", "r@10", "mean_recall", "cosine")}
-            for lang, m in report["languages"].items()}
-    flat["average"] = {k: report["average"][k] for k in ("r@1", "r@5", "r@10", "mean_recall", "cosine")}
+    keys = [k for k in ("r@1", "r@5", "r@10", "mean_recall", "cosine", "encoder_r@1", "transfer")
+            if k in report["average"]]
+    flat = {lang: {k: m[k] for k in keys} for lang, m in report["languages"].items()}
+    flat["average"] = {k: report["average"][k] for k in keys}
     summary = {"languages": flat, "average": flat.pop("average"), "pairs": report["pairs"],
                "adapter": os.path.basename(args.adapter)}
     atomic_write(args.json, lambda tmp: _write_json(tmp, summary), "evaluation summary")

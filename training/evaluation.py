@@ -6,6 +6,12 @@ similarity matrix between the two sets, it reports text->image-style retrieval
 recall R@1/5/10 in both directions, their mean, the mean cosine of true pairs,
 and the token-level MSE to the teacher where the token counts agree. Results are
 written as JSON, a Markdown table and a PNG chart.
+
+When the encoder's states of the English side are cached too, the report also
+gives the *ceiling*: the frozen encoder's own R@1 on the same pairs (its
+mean-pooled states of the translation vs of the English), and *transfer*, the
+adapter's R@1 divided by it: how much of the encoder's cross-lingual retrieval
+the adapter keeps.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import torch
 
 from ..models.files import atomic_write
 
-__all__ = ["recall_at_k", "evaluate_embeddings", "evaluate_adapter", "report_markdown", "plot_recall",
-           "write_report", "KS"]
+__all__ = ["recall_at_k", "evaluate_embeddings", "evaluate_adapter", "encoder_ceiling", "add_ceiling",
+           "report_markdown", "plot_recall", "write_report", "KS"]
 
 KS = (1, 5, 10)
 
@@ -94,6 +100,30 @@ def _finite(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def encoder_ceiling(features) -> dict | None:
+    """The frozen encoder's own retrieval of ``features``' pairs (a report of :func:`evaluate_embeddings`): its
+    mean-pooled states of each translation against those of its English. None when the English side's states
+    are not in the encoder cache (``prepare_text_features(..., encode_english=True)`` puts them there)."""
+    store, pairs = features.encoder_store, features.pairs
+    if not pairs or store.missing(p.en for p in pairs):
+        return None
+    pooled = {text: store.get(text).mean(0) for text in {t for p in pairs for t in (p.en, p.text)}}
+    return evaluate_embeddings(torch.stack([pooled[p.en] for p in pairs]),
+                               torch.stack([pooled[p.text] for p in pairs]), [p.lang for p in pairs])
+
+
+def add_ceiling(report: dict, ceiling: dict) -> dict:
+    """Put the encoder's R@1 (``encoder_r@1``) and ``transfer`` = adapter R@1 / encoder R@1 into ``report``,
+    per language and on average (transfer's average is the mean of the languages'); returns ``report``."""
+    for lang, m in report["languages"].items():
+        ceil = ceiling["languages"][lang]["r@1"]
+        m["encoder_r@1"] = ceil
+        m["transfer"] = m["r@1"] / ceil if ceil > 0 else float("nan")
+    for key in ("encoder_r@1", "transfer"):
+        report["average"][key] = _mean([m[key] for m in report["languages"].values()])
+    return report
+
+
 REPORT_LEGEND = (
     "Held-out pairs, per language. r@k: the share of pairs whose partner ranks in the top k among that language's "
     "pairs, averaged over both directions (translation -> English and English -> translation); a random ranking "
@@ -108,6 +138,11 @@ def report_markdown(report: dict) -> str:
     if not math.isnan(report["average"].get("token_mse", float("nan"))):
         cols.append("token_mse")
         legend += " token_mse: mean squared error to the teacher's tokens, where the token counts agree."
+    if "transfer" in report["average"]:
+        cols += ["encoder_r@1", "transfer"]
+        legend += (" encoder_r@1: the frozen encoder's own r@1 on the same pairs (its mean-pooled states of the "
+                   "translation vs the English), the ceiling; transfer: r@1 / encoder_r@1, the share of it the "
+                   "adapter keeps.")
     lines = [legend, "", "| language | pairs | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     cell = lambda v: "—" if math.isnan(v) else f"{v:.3f}"  # noqa: E731
     for lang, m in report["languages"].items():
@@ -118,7 +153,8 @@ def report_markdown(report: dict) -> str:
 
 
 def evaluate_adapter(adapter, features) -> dict:
-    """Run ``adapter`` on cached held-out features and evaluate it against the teacher (see module doc)."""
+    """Run ``adapter`` on cached held-out features and evaluate it against the teacher, with the encoder's
+    ceiling and the transfer when the features hold the English side's encoder states (see module doc)."""
     teacher, student, tt, st = [], [], [], []
     param = next(adapter.parameters())
     for start in range(0, len(features), 64):
@@ -132,8 +168,10 @@ def evaluate_adapter(adapter, features) -> dict:
             if batch.teacher_cond is not None:  # cached without the teacher's tokens: no token MSE
                 tt.append(batch.teacher_cond[i])
     langs = [p.lang for p in features.pairs]
-    return evaluate_embeddings(torch.cat(teacher), torch.cat(student), langs, teacher_tokens=tt if tt else None,
-                               student_tokens=st)
+    report = evaluate_embeddings(torch.cat(teacher), torch.cat(student), langs, teacher_tokens=tt if tt else None,
+                                 student_tokens=st)
+    ceiling = encoder_ceiling(features)
+    return add_ceiling(report, ceiling) if ceiling is not None else report
 
 
 def plot_recall(report: dict, path: str) -> None:
@@ -149,6 +187,11 @@ def plot_recall(report: dict, path: str) -> None:
     for j, k in enumerate(KS):
         values = [report["languages"][lang][f"r@{k}"] for lang in langs]
         ax.bar([i + (j - 1) * width for i in range(len(langs))], values, width, label=f"R@{k}")
+    if all("encoder_r@1" in report["languages"][lang] for lang in langs):
+        ceilings = [report["languages"][lang]["encoder_r@1"] for lang in langs]
+        ax.hlines(ceilings, [i - 1.5 * width for i in range(len(langs))],
+                  [i - 0.5 * width for i in range(len(langs))], colors="black", linewidth=2,
+                  label="encoder R@1 (ceiling)")
     ax.set_xticks(range(len(langs)), langs)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("recall (both directions)")

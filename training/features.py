@@ -141,11 +141,13 @@ def prepare_text_features(pairs: Sequence[Pair], encoder: MultilingualEncoder, t
                           cache_dir: str | os.PathLike, *, layer: LayerSpec = "last", batch_size: int = 32,
                           progress: Callable[[str, int, int], None] | None = None,
                           should_stop: Callable[[], bool] | None = None,
-                          teacher_layout: str = "tokens") -> TextFeatures:
+                          teacher_layout: str = "tokens", encode_english: bool = False) -> TextFeatures:
     """Fill the caches for ``pairs`` (only what is missing) and return the batch server.
 
     ``teacher_layout``: ``"tokens"`` caches the teacher's 77 tokens too (every recipe and adapter can train on
     it); ``"mean"`` only its token mean and pooled vector (see :func:`teacher_layout_for`), 40x smaller.
+    ``encode_english``: also cache the encoder's states of the English side, which evaluation compares the
+    translations' with to report the encoder's own retrieval (the ceiling of any adapter on these pairs).
     """
     if teacher_layout not in TEACHER_LAYOUTS:
         raise ValueError(f"teacher_layout must be one of {TEACHER_LAYOUTS}, not {teacher_layout!r}")
@@ -161,8 +163,9 @@ def prepare_text_features(pairs: Sequence[Pair], encoder: MultilingualEncoder, t
     tokens_store = (FeatureStore(cache_dir, {**identity, "layout": f"tokens{teacher.family.context_tokens}"}, teacher.family.cond_dim,
                                  TEACHER_DTYPE) if teacher_layout == "tokens" else None)
     report = (lambda name: (lambda done, total: progress(name, done, total))) if progress else (lambda name: None)
-    enc_store.fill([p.text for p in pairs], _encoder_compute(encoder, layer), batch_size=batch_size,
-                   progress=report("encoder"), should_stop=should_stop)
+    texts = [p.text for p in pairs] + ([p.en for p in pairs] if encode_english else [])
+    enc_store.fill(texts, _encoder_compute(encoder, layer), batch_size=batch_size, progress=report("encoder"),
+                   should_stop=should_stop)
     _fill_teacher(summary_store, tokens_store, [p.en for p in pairs], teacher, batch_size=batch_size,
                   progress=report("teacher"), should_stop=should_stop)
     return TextFeatures(pairs, enc_store, summary_store, teacher.family, tokens_store)

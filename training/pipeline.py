@@ -134,14 +134,14 @@ def process_state(device: str):
     return _SingleProcess()
 
 
-def _features(job: TrainJob, hooks: Hooks, pairs, layout: str, prefix: str = ""):
+def _features(job: TrainJob, hooks: Hooks, pairs, layout: str, prefix: str = "", encode_english: bool = False):
     from .features import prepare_text_features
 
     progress = ((lambda name, done, total: hooks.progress(prefix + name, done, total, None))
                 if hooks.progress else None)
     return prepare_text_features(pairs, job.encoder, job.teacher, job.cache_dir, layer=job.layer,
                                  batch_size=job.config.batch_size, progress=progress,
-                                 should_stop=hooks.should_stop, teacher_layout=layout)
+                                 should_stop=hooks.should_stop, teacher_layout=layout, encode_english=encode_english)
 
 
 def _build_adapter(job: TrainJob):
@@ -159,7 +159,9 @@ def _prepare(job: TrainJob, hooks: Hooks, train_pairs, val_pairs, adapter):
     data = _features(job, hooks, train_pairs, teacher_layout_for(adapter, job.recipe))
     if hooks.stopping():
         return None
-    val = _features(job, hooks, val_pairs, teacher_layout_for(adapter), "held-out ") if val_pairs else None
+    # the held-out English is encoded too: the evaluation reports the encoder's own retrieval beside the adapter's
+    val = (_features(job, hooks, val_pairs, teacher_layout_for(adapter), "held-out ", encode_english=True)
+           if val_pairs else None)
     if hooks.stopping():
         return None
     denoiser = None

@@ -169,6 +169,7 @@ def test_unet_recipe_trains_through_a_comfyui_model(comfy_nodes, sd1_clip, sd15_
     with torch.inference_mode():
         report, chart = evaluate.evaluate(sd1_clip, encoder, handle, "(use the text box)", rows)
     assert "| fr | 3 |" in report and chart.shape[-1] == 3
+    assert "| encoder_r@1 | transfer |" in report  # the encoder's own retrieval of the same pairs, beside
 
 
 def test_the_node_and_the_command_line_write_the_same_metadata(comfy_nodes, sd1_clip, sd15_folder, encoder_dirs,
