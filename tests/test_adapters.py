@@ -75,3 +75,37 @@ def test_adapters_are_trainable(arch):
     out = ad(torch.randn(2, 3, 16), torch.ones(2, 3, dtype=torch.long))
     (out.cond.square().mean() + out.pooled.square().mean()).backward()
     assert all(p.grad is not None for p in ad.parameters())
+
+
+def test_mlp_pooled_from_the_mean_encoder_state_round_trips_through_a_file(tmp_path):
+    """``pool="input"``: the pooled vector depends on the encoder states' mean only (token order and repeats of the
+    same states do not change it), and the setting is saved and read back; an unknown source is refused."""
+    from babelclip.errors import InvalidModelFileError
+    from babelclip.models import load_adapter, save_adapter
+    from babelclip.models.encoder import EncoderInfo
+
+    torch.manual_seed(0)
+    adapter = build_adapter("mlp", 32, FAMILIES["sd1"], hidden_dim=64, pool="input").eval()
+    a, b = torch.randn(1, 1, 32), torch.randn(1, 1, 32)
+    two, swapped, repeated = torch.cat([a, b], 1), torch.cat([b, a], 1), torch.cat([a, b, a, b], 1)
+    pooled = [adapter(x, torch.ones(1, x.shape[1])).pooled for x in (two, swapped, repeated)]
+    assert torch.allclose(pooled[0], pooled[1], atol=1e-6) and torch.allclose(pooled[0], pooled[2], atol=1e-6)
+    default = build_adapter("mlp", 32, FAMILIES["sd1"], hidden_dim=64).eval()
+    assert default.config.pool == "output" and default.pooled_proj.in_features == 768
+
+    path = tmp_path / "pool-input.safetensors"
+    save_adapter(adapter, path, {"encoder": EncoderInfo("e", "xlm-roberta", 32, 2, 100, "e"), "family": "sd1"})
+    loaded = load_adapter(path)
+    assert loaded.config.pool == "input" and torch.equal(loaded(two, torch.ones(1, 2)).pooled, pooled[0])
+
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta["babelclip.arch_config"] = json.dumps({**json.loads(meta["babelclip.arch_config"]), "pool": "median"})
+    save_file(tensors, str(tmp_path / "bad.safetensors"), meta)
+    with pytest.raises(InvalidModelFileError, match=r"bad\.safetensors.*pool must be one of"):
+        load_adapter(tmp_path / "bad.safetensors")
