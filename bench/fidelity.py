@@ -98,6 +98,9 @@ def parse_config(text: str) -> tuple[str, str, dict]:
     options = {}
     for item in filter(None, (rest[0].split(",") if rest else [])):
         key, value = item.split("=", 1)
+        if value.lower() in ("true", "false"):
+            options[key] = value.lower() == "true"
+            continue
         for cast in (int, float):
             try:
                 value = cast(value)

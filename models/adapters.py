@@ -138,7 +138,13 @@ def config_to_adapter(arch: str, config: AdapterConfig, *, device=None, dtype=No
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class LinearConfig(AdapterConfig):
-    pass
+    pool_norm: bool = field(default=False, metadata={"help": "scale the mean encoder state to unit RMS before the "
+                                                             "pooled projection (its direction only, as retrieval "
+                                                             "with the encoder's own embeddings)"})
+
+    def __post_init__(self):
+        if not isinstance(self.pool_norm, bool):
+            raise ValueError(f"pool_norm must be true or false, not {str(self.pool_norm)[:40]!r}")
 
 
 @register_arch
@@ -159,7 +165,10 @@ class LinearAdapter(Adapter):
         self.pooled_proj = nn.Linear(config.in_dim, config.pooled_dim)
 
     def forward(self, hidden, mask):
-        return AdapterOutput(self.proj(hidden), self.pooled_proj(masked_mean(hidden, mask)), mask)
+        mean = masked_mean(hidden, mask)
+        if self.config.pool_norm:
+            mean = nn.functional.normalize(mean, dim=-1) * mean.shape[-1] ** 0.5
+        return AdapterOutput(self.proj(hidden), self.pooled_proj(mean), mask)
 
 
 #: Where an adapter's pooled vector comes from: the mean of its output tokens, or the mean encoder state.

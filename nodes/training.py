@@ -19,7 +19,7 @@ from ..training.data import dedup, pairs_from_text, read_pairs
 from ..training.evaluation import evaluate_adapter, report_markdown
 from ..training.features import prepare_text_features, teacher_layout_for
 from ..training.pipeline import Hooks, TrainJob, run_pipeline
-from ..training.recipes import DEFAULT_RECIPE, get_recipe, list_recipes, recipe_help
+from ..training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, list_recipes, recipe_help, training_recipe
 from ..training.trainer import TrainConfig
 from . import comfy_runtime as runtime, loaded_models
 
@@ -165,7 +165,8 @@ class TrainAdapter:
                 "recipe": ([r.name for r in list_recipes()], {"default": DEFAULT_RECIPE, "tooltip":
                            "What the adapter is trained with, and what it needs — " + recipe_help() + ". "
                            "The denoiser recipes train through the UNet: connect model, vae and images."}),
-                "arch": (sorted(ARCHITECTURES), {"default": "mlp", "tooltip": "Adapter architecture."}),
+                "arch": (sorted(ARCHITECTURES), {"default": DEFAULT_ARCH, "tooltip": "Adapter architecture "
+                         f"(default {DEFAULT_ARCH}: it keeps the most of the encoder's cross-lingual retrieval)."}),
                 "data_file": (_data_files(), {"tooltip": "A TSV/CSV/JSONL (en, text[, lang][, image]) or .txt file in "
                                                          "ComfyUI's input folder, or use the text box."}),
                 "prompts": ("STRING", {"multiline": True, "default": "", "tooltip":
@@ -192,7 +193,7 @@ class TrainAdapter:
     def train(self, clip, encoder, recipe, arch, data_file, prompts, steps, learning_rate, batch_size, seed,
               adapter_name, model=None, vae=None, images=None, clip_vision=None):
         pairs = _pairs(data_file, prompts)
-        recipe_obj = get_recipe(recipe)
+        recipe_obj = training_recipe(recipe)
         if recipe_obj.needs_unet and (model is None or vae is None or images is None):
             text_only = " / ".join(r.name for r in list_recipes() if not r.needs_images)
             raise InvalidDataError(f"Recipe {recipe!r} trains through the UNet: connect model, vae and images "

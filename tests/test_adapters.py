@@ -109,3 +109,20 @@ def test_mlp_pooled_from_the_mean_encoder_state_round_trips_through_a_file(tmp_p
     save_file(tensors, str(tmp_path / "bad.safetensors"), meta)
     with pytest.raises(InvalidModelFileError, match=r"bad\.safetensors.*pool must be one of"):
         load_adapter(tmp_path / "bad.safetensors")
+
+
+def test_linear_pool_norm_reads_the_direction_of_the_mean_state_only(tmp_path):
+    from babelclip.models import load_adapter, save_adapter
+    from babelclip.models.encoder import EncoderInfo
+
+    torch.manual_seed(0)
+    adapter = build_adapter("linear", 32, FAMILIES["sd1"], pool_norm=True).eval()
+    x, mask = torch.randn(2, 4, 32), torch.ones(2, 4)
+    assert torch.allclose(adapter(x, mask).pooled, adapter(3.0 * x, mask).pooled, atol=1e-5)
+    plain = build_adapter("linear", 32, FAMILIES["sd1"]).eval()
+    assert not torch.allclose(plain(x, mask).pooled, plain(3.0 * x, mask).pooled, atol=1e-3)
+    path = tmp_path / "norm.safetensors"
+    save_adapter(adapter, path, {"encoder": EncoderInfo("e", "xlm-roberta", 32, 2, 100, "e"), "family": "sd1"})
+    assert load_adapter(path).config.pool_norm is True
+    with pytest.raises(ValueError, match="pool_norm must be true or false"):
+        build_adapter("linear", 32, FAMILIES["sd1"], pool_norm="yes")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from babelclip.training.recipes import RECIPES, get_recipe, list_recipes, recipe_help
 
 TRAINING = Path(__file__).resolve().parents[1] / "training"
@@ -48,3 +50,40 @@ def test_recipe_modules_import_no_cycle():
     assert "recipes" not in graph["text_recipes"] | graph["unet_recipes"] | graph["recipe_base"], graph
     assert {"text_recipes", "unet_recipes"} <= graph["recipes"]
     assert graph["recipe_base"] & set(modules) == set(), graph
+
+
+def test_altclip_kd_contrastive_term_is_infonce_over_the_batch():
+    """contrastive_weight adds w * InfoNCE(adapter pooled, teacher pooled) to the MSE terms, and nothing else."""
+    import torch
+
+    from babelclip.models import FAMILIES, build_adapter
+    from babelclip.training.recipe_base import Batch
+    from babelclip.training.text_recipes import info_nce
+
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(torch.randn(6, 5, 32, generator=g), torch.ones(6, 5), None, torch.randn(6, 768, generator=g),
+                  teacher_mean=torch.randn(6, 768, generator=g))
+    torch.manual_seed(0)
+    adapter = build_adapter("linear", 32, FAMILIES["sd1"])
+    with torch.no_grad():
+        plain, plain_terms = get_recipe("altclip-kd", contrastive_weight=0.0).loss(adapter, batch)
+        mixed, terms = get_recipe("altclip-kd", contrastive_weight=2.0, temperature=0.1).loss(adapter, batch)
+        nce = info_nce(adapter(batch.hidden, batch.mask).pooled, batch.teacher_pooled, 0.1)
+    assert "pooled_nce" not in plain_terms and terms["pooled_nce"] == pytest.approx(nce.item())
+    assert mixed.item() == pytest.approx(plain.item() + 2.0 * nce.item(), rel=1e-5)
+
+
+def test_training_defaults_are_what_the_cli_and_the_node_offer():
+    """The CLI's --arch default and recipe settings come from one place (the Train node's: the server test)."""
+    import argparse
+
+    from babelclip.training.cli import _add_train
+    from babelclip.training.recipes import DEFAULT_ARCH, TRAINING_DEFAULTS, training_recipe
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    _add_train(sub)
+    train = sub.choices["train"]
+    assert train.get_default("arch") == DEFAULT_ARCH and train.get_default("recipe") == "altclip-kd"
+    assert training_recipe("altclip-kd").contrastive_weight == TRAINING_DEFAULTS["altclip-kd"]["contrastive_weight"]
+    assert get_recipe("altclip-kd").contrastive_weight == 0.0  # the paper's loss, as the benchmarks name it
+    assert training_recipe("altclip-kd", contrastive_weight=0.5).contrastive_weight == 0.5

@@ -220,7 +220,7 @@ def check_train_args(args) -> TrainPlan:
     from ..models.adapters import ARCHITECTURES
     from .data import dedup, read_pairs
     from .pipeline import check_job
-    from .recipes import get_recipe
+    from .recipes import training_recipe
     from .trainer import TrainConfig
 
     out = os.path.abspath(args.out)
@@ -228,7 +228,7 @@ def check_train_args(args) -> TrainPlan:
         raise BabelClipError(f"--out {args.out!r} must end in .safetensors")
     if os.path.exists(out) and not args.overwrite:
         raise BabelClipError(f"{out!r} exists; choose another --out or pass --overwrite")
-    recipe = get_recipe(args.recipe)
+    recipe = training_recipe(args.recipe)
     if args.arch not in ARCHITECTURES:
         raise IncompatibleAdapterError(f"--arch {args.arch!r} is not an adapter architecture; choose one of "
                                        f"{', '.join(sorted(ARCHITECTURES))}.")
@@ -390,12 +390,14 @@ def _add_demo(sub) -> None:
 
 
 def _add_train(sub) -> None:
+    from .recipes import DEFAULT_ARCH, DEFAULT_RECIPE
+
     p = sub.add_parser("train", help="distill an adapter against a checkpoint's CLIP",
                        description="Distill an adapter: cache the frozen features, train, evaluate on held-out "
                                    "pairs and save the adapter with its metadata and evaluation.",
                        formatter_class=_HelpFormatter)
     _common(p)
-    _recipe_and_arch(p, recipe="altclip-kd", arch="mlp")
+    _recipe_and_arch(p, recipe=DEFAULT_RECIPE, arch=DEFAULT_ARCH)
     p.add_argument("--steps", type=int, default=1000, help=_config_help("steps"))
     p.add_argument("--lr", type=float, default=1e-3, help=_config_help("lr") + "; linear warmup, then cosine decay")
     p.add_argument("--seed", type=int, default=0,

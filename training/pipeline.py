@@ -174,6 +174,11 @@ def _prepare(job: TrainJob, hooks: Hooks, train_pairs, val_pairs, adapter):
     return data, val, denoiser
 
 
+def _recipe_options(recipe) -> dict:
+    """The recipe's own settings (loss weights, temperature), as its constructor took them."""
+    return {k: v for k, v in vars(recipe).items() if isinstance(v, (bool, int, float, str))}
+
+
 def metadata(job: TrainJob, result: TrainResult, train_pairs, report, seconds: float) -> dict:
     """The adapter file's metadata: the same keys from every caller."""
     teacher = job.teacher
@@ -182,7 +187,8 @@ def metadata(job: TrainJob, result: TrainResult, train_pairs, report, seconds: f
         "teacher": {"family": teacher.family.name, "fingerprint": teacher.fingerprint,
                     "source": job.teacher_source, "clip_skip": getattr(teacher, "clip_skip", None)},
         "languages": sorted({p.lang for p in job.pairs}),
-        "recipe": {"name": job.recipe.name, **dataclasses.asdict(job.config), "final_loss": result.losses[-1],
+        "recipe": {"name": job.recipe.name, "options": _recipe_options(job.recipe), **dataclasses.asdict(job.config),
+                   "final_loss": result.losses[-1],
                    "final_terms": result.terms, "train_pairs": len(train_pairs), "seconds": seconds},
         "metrics": report["average"] if report else {},
     }

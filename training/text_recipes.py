@@ -1,7 +1,8 @@
 """Text recipes: trained on cached features of the teacher and the encoder, no images and no UNet.
 
 * ``altclip-kd`` — AltDiffusion/AltCLIP teacher learning: MSE between the adapter's output for the target text
-  and the teacher's for the English text, on the pooled vector and on the tokens.
+  and the teacher's for the English text, on the pooled vector and on the tokens; with ``contrastive_weight``
+  (0 here, the paper's loss; 1 in BabelCLIP's training defaults) plus InfoNCE between the batch's pooled vectors.
 * ``mclip-trikd`` — mCLIP triangle distillation: symmetric InfoNCE between the adapter's pooled vector and the
   teacher's (L_TTC), plus image<->text InfoNCE (L_ITC) when image embeddings are given: ``L_ITC + 0.1 * L_TTC``.
 """
@@ -21,10 +22,10 @@ __all__ = ["AltClipKD", "MClipTriKD", "info_nce"]
 class AltClipKD(Recipe):
     name = "altclip-kd"
     approach = "AltDiffusion/AltCLIP teacher learning"
-    loss_formula = "MSE(pooled) + MSE(tokens) to the teacher's English encoding"
+    loss_formula = "MSE(pooled) + MSE(tokens) to the teacher's English encoding (+ w * InfoNCE(pooled))"
 
-    def __init__(self, token_weight: float = 1.0):
-        self.token_weight = token_weight
+    def __init__(self, token_weight: float = 1.0, contrastive_weight: float = 0.0, temperature: float = 0.05):
+        self.token_weight, self.contrastive_weight, self.temperature = token_weight, contrastive_weight, temperature
 
     def teacher_layout(self, adapter):
         # token-aligned adapters are matched on the mean token only
@@ -48,7 +49,12 @@ class AltClipKD(Recipe):
             # tokens: match the mean token, the part of the sequence cross-attention averages over
             token_loss = F.mse_loss(masked_mean(out.cond.float(), out.mask), batch.teacher_token_mean().float())
         loss = pooled_loss + self.token_weight * token_loss
-        return loss, {"pooled_mse": pooled_loss.item(), "token_mse": token_loss.item()}
+        terms = {"pooled_mse": pooled_loss.item(), "token_mse": token_loss.item()}
+        if self.contrastive_weight:  # rank each text's own English first among the batch's (what R@1 measures)
+            nce = info_nce(out.pooled, batch.teacher_pooled, self.temperature)
+            loss = loss + self.contrastive_weight * nce
+            terms["pooled_nce"] = nce.item()
+        return loss, terms
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -4,7 +4,6 @@ train-in-graph example, converted to an API prompt the way the frontend does, ru
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

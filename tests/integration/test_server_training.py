@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from babelclip.models import read_adapter_spec
-from babelclip.training.recipes import DEFAULT_RECIPE, list_recipes
+from babelclip.training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, list_recipes
 from babelclip.training.trainer import TrainConfig
 
 from .cheap import CLIP_FILE, ENCODER, execution_error, link_clip, messages
@@ -47,7 +47,9 @@ def text_graph(train: dict) -> dict:
 
 
 def test_train_node_offers_every_recipe(server):
-    spec = server.get("/object_info")["BabelCLIPTrainAdapter"]["input"]["required"]["recipe"]
+    required = server.get("/object_info")["BabelCLIPTrainAdapter"]["input"]["required"]
+    assert required["arch"][1]["default"] == DEFAULT_ARCH  # the measured best (training/recipes.py)
+    spec = required["recipe"]
     assert spec[0] == [r.name for r in list_recipes()]
     assert {"altclip-kd", "mclip-trikd", "pea", "mulan", "iap"} <= set(spec[0])
     assert spec[1]["default"] == DEFAULT_RECIPE
@@ -127,7 +129,7 @@ def test_cancel_keeps_the_step_it_reached_and_the_same_settings_resume_there(ser
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert resumed[0] == kept + 1 and resumed[-1] == steps, (kept, resumed[:3], resumed[-1:])
     spec = read_adapter_spec(server.root / "models" / "babelclip" / "cancelled.safetensors")
-    assert f'"train_pairs": ' in spec.metadata["babelclip.recipe"]
+    assert '"train_pairs": ' in spec.metadata["babelclip.recipe"]
 
 
 def _cancel_while_caching_then_rerun(server, graph: dict, train_steps: int = 0) -> tuple[int, int, dict]:
