@@ -53,18 +53,16 @@ def _teacher(work: str, english: list[str]):
     return load_teacher(ckpt, tok)
 
 
-def _features(pairs, encoder, teacher, cache, layout="mean", layer="last"):
+def _features(pairs, encoder, teacher, cache, layout="mean", layer="last", encode_english=False):
     from babelclip.training.features import prepare_text_features
 
-    return prepare_text_features(pairs, encoder, teacher, cache, batch_size=32, teacher_layout=layout, layer=layer)
+    return prepare_text_features(pairs, encoder, teacher, cache, batch_size=32, teacher_layout=layout, layer=layer,
+                                 encode_english=encode_english)
 
 
 def _eval_features(subset, encoder, teacher, cache):
     """Features of ``subset``, with the English of its pairs in the same encoder store (for the ceiling)."""
-    from babelclip.training.features import prepare_text_features
-
-    return prepare_text_features(subset, encoder, teacher, cache, batch_size=32, teacher_layout="mean",
-                                 encode_english=True)
+    return _features(subset, encoder, teacher, cache, encode_english=True)
 
 
 def _r1(report: dict) -> dict[str, float]:
@@ -143,9 +141,12 @@ def evaluate(adapter, feats, ceil) -> dict:
     return {"r@1": r1, "r@1_average": sum(r1.values()) / len(r1), "transfer": transfer(r1, ceil)}
 
 
-def evaluate_at(adapter, layer, subset, encoder, teacher, cache, ceil) -> dict:
-    """:func:`evaluate` on features from the adapter's encoder layer (the ceiling stays the last layer's)."""
-    return evaluate(adapter, _features(subset, encoder, teacher, cache, layer=layer), ceil)
+def evaluate_at(adapter, layer, feats, encoder, teacher, cache, ceil) -> dict:
+    """:func:`evaluate` on the adapter's encoder layer: ``feats`` (the last layer's) as they are, other layers'
+    features prepared for the same pairs (the ceiling stays the last layer's)."""
+    if layer != "last":
+        feats = _features(feats.pairs, encoder, teacher, cache, layer=layer)
+    return evaluate(adapter, feats, ceil)
 
 
 def int8_effect(adapter, folder, enc32, teacher, evals: dict, cache) -> dict:
@@ -201,14 +202,14 @@ def run_split(args, seed, folder, encoder, teacher, pairs, work, out: dict, save
         print(f"split {seed} {cfg}: features cached, training", flush=True)
         adapter, layer, info = train_adapter(cfg, english, encoder, teacher, cache32, args.steps, seed)
         print(f"split {seed} {cfg}: trained in {info['seconds']:.0f} s", flush=True)
-        row = {"english_only": {"train": info, **{k: evaluate_at(adapter, layer, f.pairs, encoder, teacher, cache32, c)
+        row = {"english_only": {"train": info, **{k: evaluate_at(adapter, layer, f, encoder, teacher, cache32, c)
                                                   for k, (f, c) in evals.items()}}}
         if args.int8 and i == 0:
             row["english_only"]["int8"] = int8_effect(adapter, folder, encoder, teacher, evals,
                                                       os.path.join(work, "cache-int8"))
         if args.parallel:
             adapter_p, _, info_p = train_adapter(cfg, train_tr, encoder, teacher, cache32, args.steps, seed)
-            row["parallel"] = {"train": info_p, "held_out": evaluate_at(adapter_p, layer, evals["held_out"][0].pairs,
+            row["parallel"] = {"train": info_p, "held_out": evaluate_at(adapter_p, layer, evals["held_out"][0],
                                                                         encoder, teacher, cache32,
                                                                         evals["held_out"][1])}
         out["configs"][cfg] = row
