@@ -1,8 +1,14 @@
 """Frozen multilingual text encoders loaded from local Hugging Face folders.
 
-Supported: XLM-RoBERTa (incl. multilingual-E5), BERT (incl. LaBSE), RoBERTa, and
-the encoder half of T5 / mT5 / UMT5. Everything is loaded offline with
-``transformers``, from safetensors weights only, never with remote code.
+Supported: XLM-RoBERTa (incl. multilingual-E5), BERT (incl. LaBSE), RoBERTa, the
+encoder half of T5 / mT5 / UMT5, and the text towers of AltCLIP and Chinese-CLIP (from
+a text-model folder or from the full CLIP folder, whose vision tower is not read).
+Everything is loaded offline with ``transformers``, from safetensors weights only,
+never with remote code.
+
+AltCLIP's text model ends in its own projection (``pre_LN`` + ``transformation``): its
+output, and so the width adapters read, is ``project_dim`` wide (768 for BAAI/AltCLIP),
+and only its last layer can be read (the hidden layers are the XLM-R width).
 """
 
 from __future__ import annotations
@@ -40,7 +46,23 @@ SUPPORTED_ENCODERS: dict[str, str] = {
     "t5": "T5 encoder",
     "mt5": "mT5 encoder",
     "umt5": "UMT5 encoder",
+    "altclip": "AltCLIP (its text model)",
+    "altclip_text_model": "AltCLIP text model",
+    "chinese_clip": "Chinese-CLIP (its text model)",
+    "chinese_clip_text_model": "Chinese-CLIP text model",
 }
+#: CLIP-style model types whose text tower is the encoder: model_type -> (text model class, prefix of the
+#: tower's tensors in the folder's weights). The full models' vision towers are never read.
+_TEXT_TOWERS = {
+    "altclip": ("AltCLIPTextModel", "text_model."),
+    "altclip_text_model": ("AltCLIPTextModel", ""),
+    "chinese_clip": ("ChineseCLIPTextModel", "text_model."),
+    "chinese_clip_text_model": ("ChineseCLIPTextModel", ""),
+}
+#: Towers whose output is projected to ``project_dim``: only their last layer has that width.
+_PROJECTED_OUTPUT = ("altclip", "altclip_text_model")
+#: Model types whose position ids start after the padding index (RoBERTa style).
+_ROBERTA_POSITIONS = ("xlm-roberta", "roberta", "altclip_text_model")
 _TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
                     "vocab.txt", "vocab.json")
 _ENCODER_ONLY_CLASS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
@@ -60,6 +82,7 @@ class EncoderInfo:
     num_layers: int
     vocab_size: int
     fingerprint: str
+    repo_id: str = ""  # the Hub repository it was fetched from (``python -m babelclip fetch``), when known
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,6 +211,10 @@ class MultilingualEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 layer: LayerSpec = "last") -> torch.Tensor:
         index = resolve_layer(layer, self.info.num_layers)
+        if index != self.info.num_layers and self.info.model_type in _PROJECTED_OUTPUT:
+            raise InvalidDataError(
+                f"Encoder {self.info.name!r} ({self.info.model_type}) outputs its projected last layer "
+                f"({self.info.hidden_size} wide); its hidden layers have another width. Use layer 'last'.")
         if index == self.info.num_layers:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
         blocks = self._blocks()
@@ -246,7 +273,7 @@ def _max_length(cfg, tokenizer) -> int:
     limits = []
     positions = getattr(cfg, "max_position_embeddings", None)
     if positions:
-        if cfg.model_type in ("xlm-roberta", "roberta"):
+        if cfg.model_type in _ROBERTA_POSITIONS:
             # RoBERTa-style position ids start after padding_idx.
             positions -= (getattr(cfg, "pad_token_id", 1) or 0) + 1
         limits.append(positions)
@@ -391,6 +418,8 @@ def _load_tokenizer(transformers, folder: str):
 
 def _load_model(transformers, folder: str, model_type: str):
     """The encoder stack alone (no decoder, no pooling layer), from safetensors weights only."""
+    if model_type in _TEXT_TOWERS:
+        return _load_text_tower(transformers, folder, model_type)
     cls_name = _ENCODER_ONLY_CLASS.get(model_type)
     model_cls = getattr(transformers, cls_name) if cls_name else transformers.AutoModel
     kwargs = {"local_files_only": True, "trust_remote_code": False, "use_safetensors": True}
@@ -404,6 +433,85 @@ def _load_model(transformers, folder: str, model_type: str):
             f"Download the folder again."
         ) from None
     return model
+
+
+def _fetched_from(folder: str) -> str:
+    """The Hub repository ``python -m babelclip fetch`` recorded for ``folder`` (models/hub.py), or ``""``."""
+    try:
+        with open(os.path.join(folder, ".babelclip-source.json"), encoding="utf-8") as f:
+            repo = json.load(f).get("repo_id")
+        return repo if isinstance(repo, str) else ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def check_encoder_folder(path: str | os.PathLike) -> dict:
+    """The checks :func:`load_encoder` makes before loading any weights (config, no custom code, supported
+    architecture, safetensors headers, a tokenizer that loads); returns the config. Used on downloads."""
+    import transformers
+
+    folder = os.fspath(path)
+    cfg, _model_type = _checked_folder(folder)
+    _load_tokenizer(transformers, folder)
+    return cfg
+
+
+def _tower_key(key: str, targets: set[str]) -> str | None:
+    """The text model's own name for a tensor of a full CLIP folder or a text-model folder, or None.
+
+    Full folders prefix the tower with ``text_model.``; transformers 4 names blocks ``encoder.layer.N`` where
+    transformers 5 renames some models' to ``encoder.layers.N`` when it loads them: either spelling is taken.
+    """
+    if key.startswith("text_model."):
+        key = key[len("text_model."):]
+    if key in targets:
+        return key
+    for old, new in ((".layer.", ".layers."), (".layers.", ".layer.")):
+        renamed = key.replace(old, new)
+        if renamed in targets:
+            return renamed
+    return None
+
+
+def _load_text_tower(transformers, folder: str, model_type: str):
+    """The text tower of an AltCLIP / Chinese-CLIP folder (full model or text model), safetensors only.
+
+    Read by BabelCLIP itself rather than ``from_pretrained``: the tower's tensors are picked by name out of
+    the full model's weights (the vision tower is never read), whichever transformers version wrote them.
+    """
+    from safetensors import safe_open
+
+    cls_name = _TEXT_TOWERS[model_type][0]
+    model_cls = getattr(transformers, cls_name)
+    try:
+        config = model_cls.config_class.from_pretrained(folder, local_files_only=True)  # a full config's text_config
+        model = model_cls(config, **({"add_pooling_layer": False} if cls_name == "ChineseCLIPTextModel" else {}))
+        targets = set(model.state_dict())
+        tensors = {}
+        for name in sorted(n for n in os.listdir(folder) if n.endswith(".safetensors")):
+            with safe_open(os.path.join(folder, name), framework="pt") as f:
+                for key in f.keys():
+                    own = _tower_key(key, targets)
+                    if own is not None:
+                        tensors[own] = f.get_tensor(key)
+        missing = sorted(set(dict(model.named_parameters())) - set(tensors))  # buffers (position ids) may be absent
+        model.load_state_dict(tensors, strict=False)
+    except Exception as e:
+        raise InvalidModelFileError(
+            f"Cannot load the text model of encoder {folder!r}: {type(e).__name__}: {e}. Download the folder again."
+        ) from None
+    if missing:
+        raise InvalidModelFileError(
+            f"Encoder folder {folder!r} lacks {len(missing)} tensors of its {cls_name} (first: {missing[0]}). "
+            f"Download the complete safetensors weights again.")
+    return model.eval()
+
+
+def _output_width(model_type: str, mcfg) -> int:
+    """Width of the states the encoder hands to an adapter."""
+    if model_type in _PROJECTED_OUTPUT:
+        return int(mcfg.project_dim)
+    return int(getattr(mcfg, "hidden_size", None) or mcfg.d_model)
 
 
 def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None = None,
@@ -430,7 +538,7 @@ def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None =
     model.to(dtype=dtype or torch.float32)  # after loading: works across transformers 4.x and 5.x
     mcfg = model.config
     num_layers = getattr(mcfg, "num_hidden_layers", None) or mcfg.num_layers
-    hidden = getattr(mcfg, "hidden_size", None) or mcfg.d_model
+    hidden = _output_width(model_type, mcfg)
     info = EncoderInfo(
         name=os.path.basename(os.path.normpath(folder)),
         model_type=model_type,
@@ -438,6 +546,7 @@ def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None =
         num_layers=int(num_layers),
         vocab_size=int(mcfg.vocab_size),
         fingerprint=_fingerprint(cfg, tokenizer),
+        repo_id=_fetched_from(folder),
     )
     encoder = MultilingualEncoder(model, tokenizer, info, folder)
     if device is not None:

@@ -14,7 +14,7 @@ import comfy.utils
 import folder_paths
 
 from ..errors import InvalidDataError
-from ..models.adapters import ARCHITECTURES
+from ..models.adapters import trainable_architectures
 from ..training.data import dedup, pairs_from_text, read_pairs
 from ..training.evaluation import evaluate_adapter, report_markdown
 from ..training.features import prepare_text_features, teacher_layout_for
@@ -165,7 +165,7 @@ class TrainAdapter:
                 "recipe": ([r.name for r in list_recipes()], {"default": DEFAULT_RECIPE, "tooltip":
                            "What the adapter is trained with, and what it needs — " + recipe_help() + ". "
                            "The denoiser recipes train through the UNet: connect model, vae and images."}),
-                "arch": (sorted(ARCHITECTURES), {"default": DEFAULT_ARCH, "tooltip": "Adapter architecture "
+                "arch": (sorted(trainable_architectures()), {"default": DEFAULT_ARCH, "tooltip": "Adapter architecture "
                          f"(default {DEFAULT_ARCH}: it keeps the most of the encoder's cross-lingual retrieval)."}),
                 "data_file": (_data_files(), {"tooltip": "A TSV/CSV/JSONL (en, text[, lang][, image]) or .txt file in "
                                                          "ComfyUI's input folder, or use the text box."}),

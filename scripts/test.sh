@@ -10,6 +10,7 @@ source scripts/venv.sh
 install_torch
 # The pack itself (editable, as `babelclip`), its test extras, and what the 2024-03 ComfyUI imports.
 "${PIP[@]}" -e ".[test]" -r tests/requirements-comfyui.txt
+"${PIP[@]}" --no-deps -r tests/requirements-peers.txt
 if [ -n "${COMFYUI_PATH:-}" ]; then
   grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$COMFYUI_PATH/requirements.txt" > "$VENV/comfyui-path-requirements.txt"
   "${PIP[@]}" -r "$VENV/comfyui-path-requirements.txt"

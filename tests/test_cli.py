@@ -55,13 +55,14 @@ def test_every_option_says_what_it_is_and_its_default():
 
 
 def test_recipe_and_arch_choices_come_from_the_registries():
-    from babelclip.models.adapters import ARCHITECTURES
+    from babelclip.models.adapters import ARCHITECTURES, trainable_architectures
     from babelclip.training.recipes import RECIPES
 
     subs = _subparsers()
     for name in ("train", "demo"):
         actions = {a.dest: a for a in subs[name]._actions}
-        assert list(actions["arch"].choices) == list(ARCHITECTURES)
+        assert list(actions["arch"].choices) == trainable_architectures()
+        assert set(ARCHITECTURES) - set(trainable_architectures()) == {"mulan"}  # converted MuLan files only
         recipes = set(actions["recipe"].choices)
         assert recipes == set(RECIPES) if name == "train" else {"altclip-kd", "mclip-trikd"} <= recipes < set(RECIPES)
 

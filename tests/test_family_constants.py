@@ -24,6 +24,10 @@ ALLOWED = {
     ("models/adapters.py", 768): "resampler's internal transformer width default",
     ("models/tiny.py", "sd1"): "the tiny checkpoint is an SD1.x layout on purpose; its sizes come from FAMILIES",
     ("nodes/encode.py", 1024): "image-size defaults of the SDXL node (as CLIPTextEncodeSDXL), not a width",
+    # the converter's hints name the peers' encoders by their hidden widths
+    ("models/convert.py", 768): "AltCLIP text model's width (PEA-Diffusion encoder hint)",
+    ("models/convert.py", 1024): "XLM-R-large / Chinese-CLIP-H width (PEA-Diffusion encoder hint)",
+    ("models/convert.py", 2048): "mT5-XL width (PEA-Diffusion encoder hint)",
 }
 
 

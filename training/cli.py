@@ -217,7 +217,7 @@ def _check_recipe_inputs(args, recipe, pairs) -> None:
 
 def check_train_args(args) -> TrainPlan:
     """Every check that needs no model: output, recipe, architecture, device, paths, data file, settings."""
-    from ..models.adapters import ARCHITECTURES
+    from ..models.adapters import trainable_architectures
     from .data import dedup, read_pairs
     from .pipeline import check_job
     from .recipes import training_recipe
@@ -229,9 +229,9 @@ def check_train_args(args) -> TrainPlan:
     if os.path.exists(out) and not args.overwrite:
         raise BabelClipError(f"{out!r} exists; choose another --out or pass --overwrite")
     recipe = training_recipe(args.recipe)
-    if args.arch not in ARCHITECTURES:
-        raise IncompatibleAdapterError(f"--arch {args.arch!r} is not an adapter architecture; choose one of "
-                                       f"{', '.join(sorted(ARCHITECTURES))}.")
+    if args.arch not in trainable_architectures():
+        raise IncompatibleAdapterError(f"--arch {args.arch!r} is not an adapter architecture BabelCLIP trains; "
+                                       f"choose one of {', '.join(sorted(trainable_architectures()))}.")
     _check_device(args.device)
     for option, path in (("--teacher", args.teacher), ("--encoder", args.encoder),
                          ("--clip-tokenizer", args.clip_tokenizer), ("--clip-vision", args.clip_vision)):
@@ -354,15 +354,16 @@ def cmd_demo(args) -> int:
 
 def _recipe_and_arch(p: argparse.ArgumentParser, *, recipe: str, arch: str, text_only: bool = False) -> None:
     """--recipe and --arch, their choices read from the registries (``text_only``: recipes without images)."""
-    from ..models.adapters import ARCHITECTURES
+    from ..models.adapters import ARCHITECTURES, trainable_architectures
     from .recipes import list_recipes
 
     recipes = [r for r in list_recipes() if not (text_only and (r.needs_images or r.needs_unet))]
     p.add_argument("--recipe", default=recipe, choices=[r.name for r in recipes],
                    help="what is trained with which loss (" + "; ".join(f"{r.name}: {r.needs}" for r in recipes) + ")")
-    p.add_argument("--arch", default=arch, choices=list(ARCHITECTURES),
-                   help="adapter architecture (" + "; ".join(f"{name}: {cls.approach.split(':')[0]}"
-                                                              for name, cls in ARCHITECTURES.items()) + ")")
+    p.add_argument("--arch", default=arch, choices=trainable_architectures(),
+                   help="adapter architecture (" + "; ".join(
+                       f"{name}: {ARCHITECTURES[name].approach.split(':')[0]}" for name in trainable_architectures())
+                   + ")")
 
 
 def _config_help(name: str) -> str:
