@@ -1,4 +1,5 @@
-"""``python -m babelclip``: a demo of the encode path, and adapter inspection.
+"""``python -m babelclip``: a demo of the encode path, adapter inspection, the Hugging Face Hub (fetch, push), and
+conversion of the peers' published adapters.
 
 ``demo`` needs no download: it builds a tiny random multilingual encoder and
 random adapters, then encodes prompts in ten languages into SD1.5 and SDXL
@@ -98,6 +99,91 @@ def info(args) -> int:
     return 0
 
 
+def _tqdm_progress(desc: str):
+    """A (done, total) callback drawing one tqdm bar of bytes."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc)
+        bar.total = max(bar.total or 0, total)
+        bar.update(done - bar.n)
+
+    return report
+
+
+def fetch(args) -> int:
+    from .errors import BabelClipError
+    from .models.hub import fetch as fetch_repo
+
+    try:
+        result = fetch_repo(args.repo, args.models_dir, kind=args.kind, revision=args.revision, name=args.name,
+                            only=args.file, overwrite=args.overwrite, token=args.token,
+                            progress=_tqdm_progress(args.repo))
+    except BabelClipError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    state = "downloaded" if result.downloaded else "already there"
+    commit = f"@{result.commit[:12]}" if result.commit else ""
+    print(f"{state}: {result.repo_id}{commit} -> {result.path} ({', '.join(result.files)})")
+    return 0
+
+
+def push(args) -> int:
+    from .errors import BabelClipError
+    from .models.hub import push as push_adapter
+
+    try:
+        url = push_adapter(args.adapter, args.repo, private=args.private or None, revision=args.revision,
+                           token=args.token, license=args.license, base_model=args.base_model, message=args.message)
+    except BabelClipError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"uploaded {args.adapter} with its model card to {args.repo}: {url}")
+    return 0
+
+
+def card(args) -> int:
+    from .errors import BabelClipError
+    from .models.card import write_card
+
+    evaluation = None
+    stem = args.adapter[: -len(".safetensors")] if args.adapter.endswith(".safetensors") else args.adapter
+    if os.path.isfile(stem + ".eval.md"):
+        with open(stem + ".eval.md", encoding="utf-8") as f:
+            evaluation = f.read()
+    try:
+        path = write_card(args.adapter, evaluation=evaluation, repo_id=args.repo, base_model=args.base_model,
+                          license=args.license)
+    except BabelClipError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+def convert(args) -> int:
+    from .errors import BabelClipError
+    from .models import read_adapter_spec
+    from .models.convert import convert as convert_peer
+
+    languages = [x.strip() for x in args.languages.split(",") if x.strip()] if args.languages else None
+    try:
+        out = convert_peer(args.kind, args.src, args.out, family=args.family, encoder=args.encoder,
+                           encoder_out=args.encoder_out, encoder_config=args.encoder_config, origin=args.origin,
+                           license=args.license, languages=languages, overwrite=args.overwrite)
+    except BabelClipError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: {read_adapter_spec(out).describe()}")
+    if args.encoder_out:
+        print(f"its encoder: {args.encoder_out} (put it in models/text_encoders)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m babelclip", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +194,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("adapter", help="path to an adapter .safetensors file")
     p.add_argument("--json", action="store_true", help="print the metadata as one JSON object instead")
     p.set_defaults(func=info)
+    p = sub.add_parser("fetch", help="download an encoder or adapters from the Hugging Face Hub into a models folder")
+    p.add_argument("repo", help="Hub repository id, e.g. intfloat/multilingual-e5-small")
+    p.add_argument("--revision", help="branch, tag or commit (default: the main branch)")
+    p.add_argument("--kind", choices=["encoder", "adapter"],
+                   help="what the repository holds (default: encoder when it has a config.json, else adapter)")
+    p.add_argument("--models-dir", default="models",
+                   help="the host's models folder: files go to <dir>/text_encoders/<name> or <dir>/babelclip/<name> "
+                        "(default: ./models, right when run from the ComfyUI or web UI folder)")
+    p.add_argument("--name", help="folder name (default: the repository's name without its owner)")
+    p.add_argument("--file", help="one adapter file of the repository (default: all of them)")
+    p.add_argument("--overwrite", action="store_true", help="replace a folder of that name holding something else")
+    p.add_argument("--token", help="access token for gated or private repositories (default: HF_TOKEN or the "
+                                   "saved `hf auth login`)")
+    p.set_defaults(func=fetch)
+    p = sub.add_parser("push", help="share an adapter on the Hugging Face Hub with its model card and evaluation")
+    p.add_argument("adapter", help="the adapter .safetensors (its <stem>.eval.{json,md,png} go along when present)")
+    p.add_argument("repo", help="Hub repository id to create or update, e.g. yourname/babelclip-sdxl-e5-de")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", help="branch to commit to (default: main)")
+    p.add_argument("--license", help="licence id for the card (e.g. apache-2.0, mit, openrail++)")
+    p.add_argument("--base-model", help="the encoder's Hub repository (default: the one the adapter records)")
+    p.add_argument("--message", help="commit message")
+    p.add_argument("--token", help="access token with write access (default: HF_TOKEN or the saved login)")
+    p.set_defaults(func=push)
+    from .models import FAMILIES
+    from .models.convert import KINDS as PEERS
+
+    p = sub.add_parser("convert", help="turn a peer's published adapter (PEA-Diffusion, MuLan, Multilingual-CLIP, "
+                                       "AltCLIP) into a BabelCLIP adapter file")
+    p.add_argument("--from", dest="kind", required=True, choices=list(PEERS),
+                   help="; ".join(f"{k}: {v}" for k, v in PEERS.items()))
+    p.add_argument("src", help="the peer's weights file (pea, mulan) or model folder (mclip, altclip); pickles are "
+                               "read with torch.load(weights_only=True) only")
+    p.add_argument("--out", required=True, help="the adapter file to write (.safetensors)")
+    p.add_argument("--family", help="target family, " + ", ".join(FAMILIES) + " (default: from the shapes)")
+    p.add_argument("--encoder", help="pea: the folder of the encoder the adapter was trained on (required)")
+    p.add_argument("--encoder-out", help="mclip (required), altclip: write the peer's text tower as an encoder "
+                                         "folder here")
+    p.add_argument("--encoder-config", help="mclip: the base model's config.json (default: built from the shapes)")
+    p.add_argument("--origin", help="the Hub repository the weights came from (recorded, shown in the model card)")
+    p.add_argument("--license", help="the weights' licence id (recorded, shown in the model card)")
+    p.add_argument("--languages", help="comma-separated language codes the peer adapter was trained for")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=convert)
+    p = sub.add_parser("card", help="(re)write an adapter's model card, <stem>.README.md, from its metadata")
+    p.add_argument("adapter", help="the adapter .safetensors")
+    p.add_argument("--repo", help="the Hub repository it is shared in (for the download commands in the card)")
+    p.add_argument("--base-model", help="the encoder's Hub repository (default: the one the adapter records)")
+    p.add_argument("--license", help="licence id for the card")
+    p.set_defaults(func=card)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     return args.func(args)

@@ -323,8 +323,9 @@ def _meta_value(value) -> str:
 
 
 def save_adapter(adapter: Adapter, path: str | os.PathLike, metadata: Mapping[str, Any], *,
-                 overwrite: bool = False) -> str:
-    """Write ``adapter`` to ``path`` atomically (temporary file, then rename).
+                 overwrite: bool = False, evaluation: str | None = None) -> str:
+    """Write ``adapter`` to ``path`` atomically (temporary file, then rename), and its model card beside it
+    (``<stem>.README.md``, :mod:`~babelclip.models.card`; ``evaluation``: the evaluation table in Markdown).
 
     ``metadata`` must hold ``encoder`` (an :class:`EncoderInfo` or dict) and
     ``family`` (a family name); it may hold ``layer``, ``teacher``, ``languages``,
@@ -359,4 +360,10 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike, metadata: Mapping[st
     from safetensors.torch import save_file
 
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=out), "adapter")
+    from .card import write_card
+
+    try:
+        write_card(path, evaluation=evaluation)
+    except Exception as e:  # the adapter is saved; a card can be written again (python -m babelclip card)
+        log.warning("Saved %s, but could not write its model card: %s", path, e)
     return path

@@ -2,6 +2,7 @@
 
 from .encode import TextEncode, TextEncodeSDXL
 from .comfy_runtime import register_folders
+from .hub import LoadAdapterHub, LoadEncoderHub
 from .loaders import LoadAdapter, LoadEncoder
 from .training import EvaluateAdapter, SaveAdapter, TrainAdapter
 
@@ -10,6 +11,8 @@ register_folders()
 NODE_CLASS_MAPPINGS = {
     "BabelCLIPLoadEncoder": LoadEncoder,
     "BabelCLIPLoadAdapter": LoadAdapter,
+    "BabelCLIPLoadEncoderHub": LoadEncoderHub,
+    "BabelCLIPLoadAdapterHub": LoadAdapterHub,
     "BabelCLIPTextEncode": TextEncode,
     "BabelCLIPTextEncodeSDXL": TextEncodeSDXL,
     "BabelCLIPTrainAdapter": TrainAdapter,
@@ -20,6 +23,8 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "BabelCLIPLoadEncoder": "BabelCLIP Load Encoder",
     "BabelCLIPLoadAdapter": "BabelCLIP Load Adapter",
+    "BabelCLIPLoadEncoderHub": "BabelCLIP Load Encoder (Hub)",
+    "BabelCLIPLoadAdapterHub": "BabelCLIP Load Adapter (Hub)",
     "BabelCLIPTextEncode": "BabelCLIP Text Encode",
     "BabelCLIPTextEncodeSDXL": "BabelCLIP Text Encode SDXL",
     "BabelCLIPTrainAdapter": "BabelCLIP Train Adapter",

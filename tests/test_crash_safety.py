@@ -44,7 +44,12 @@ def check_what_is_left(folder: Path) -> dict:
     """Every visible file is complete and self-consistent; returns what was found."""
     found = {"partial": sorted(p.name for p in folder.glob(".*.part"))}
     visible = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-    assert set(visible) <= {"run.ckpt", "adapter.safetensors"}, visible
+    assert set(visible) <= {"run.ckpt", "adapter.safetensors", "adapter.README.md"}, visible
+    if "adapter.README.md" in visible:  # the model card is written atomically after the adapter
+        from huggingface_hub import ModelCard
+
+        assert ModelCard.load(folder / "adapter.README.md").data.library_name == "babelclip"
+        assert "adapter.safetensors" in visible
     if "run.ckpt" in visible:
         state = torch.load(folder / "run.ckpt", map_location="cpu", weights_only=True)
         assert 1 <= state["step"] <= STEPS and len(state["losses"]) == state["step"]

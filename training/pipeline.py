@@ -200,7 +200,8 @@ def _save(job: TrainJob, hooks: Hooks, adapter, result: TrainResult, train_pairs
 
     report = evaluate_adapter(adapter, val) if val is not None else None
     meta = metadata(job, result, train_pairs, report, seconds)
-    save_adapter(adapter.cpu(), job.out, meta, overwrite=job.overwrite)
+    save_adapter(adapter.cpu(), job.out, meta, overwrite=job.overwrite,
+                 evaluation=report_markdown(report) if report else None)
     if os.path.exists(job.checkpoint_path):
         os.unlink(job.checkpoint_path)
     hooks.log(f"saved {job.out} (final loss {result.losses[-1]:.4g})")

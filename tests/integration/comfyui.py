@@ -89,7 +89,7 @@ def free_port() -> int:
 class ComfyServer:
     """A ComfyUI process serving on 127.0.0.1, with helpers for its HTTP API."""
 
-    def __init__(self, root: Path, label: str):
+    def __init__(self, root: Path, label: str, env: dict | None = None):
         self.root, self.label, self.port = root, label, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = root / "server.log"
@@ -97,7 +97,7 @@ class ComfyServer:
                 "--disable-auto-launch"]
         if "--database-url" in (root / "comfy" / "cli_args.py").read_text():
             args += ["--database-url", "sqlite:///:memory:"]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, cwd=root, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
