@@ -97,6 +97,8 @@ def test_train_writes_an_adapter_with_metadata_and_evaluation(setup, capsys):
     assert len(json.loads(spec.metadata["babelclip.teacher"])["fingerprint"]) == 16
     assert (d / "adapters" / "de-ru.eval.png").exists() and not (d / "adapters" / "de-ru.safetensors.ckpt").exists()
     assert "| de |" in capsys.readouterr().out
+    card = (d / "adapters" / "de-ru.README.md").read_text(encoding="utf-8")  # its model card, with the table
+    assert "library_name: babelclip" in card and "recipe: altclip-kd" in card and "| de |" in card
 
     report = d / "eval" / "report.json"
     assert main(["eval", *common, "--data", str(d / "pairs.tsv"), "--adapter", str(out), "--json", str(report)]) == 0

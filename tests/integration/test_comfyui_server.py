@@ -118,5 +118,8 @@ def test_train_node_writes_an_adapter_that_text_encode_uses(comfy):
     assert trained.is_file()
     copy = folder / "_escape.safetensors"  # the name is sanitised into the folder, never a path out of it
     assert copy.is_file() and copy.read_bytes() == trained.read_bytes()
+    for adapter in (trained, copy):  # each with its model card, naming it (8 pairs: none held out to evaluate)
+        card = adapter.with_suffix("").with_suffix(".README.md").read_text(encoding="utf-8")
+        assert "library_name: babelclip" in card and adapter.name in card and "Not evaluated" in card
     saved = _saved_images(comfy, entry)
     assert len(saved) == 2 and all(f.is_file() for f in saved)  # the sample and the loss curve
