@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the host's models folder: files go to <dir>/text_encoders/<name> or <dir>/babelclip/<name> "
                         "(default: ./models, right when run from the ComfyUI or web UI folder)")
     p.add_argument("--name", help="folder name (default: the repository's name without its owner)")
-    p.add_argument("--file", help="one adapter file of the repository (default: all of them)")
+    p.add_argument("--file", help="download only this adapter file of the repository (default: all of them)")
     p.add_argument("--overwrite", action="store_true", help="replace a folder of that name holding something else")
     p.add_argument("--token", help="access token for gated or private repositories (default: HF_TOKEN or the "
                                    "saved `hf auth login`)")

@@ -16,6 +16,7 @@ import comfy.utils
 from ..errors import InvalidModelFileError
 from ..models.hub import HubError, fetch, folder_name
 from . import comfy_runtime as runtime
+from .loaders import LoadAdapter, LoadEncoder
 
 _REPO_TOOLTIP = ("Hugging Face repository id (owner/name). Downloaded once into {folder} under the repository's name "
                  "(only config, tokenizer and *.safetensors files; pickles and custom code are refused), then "
@@ -42,28 +43,28 @@ class _Progress:
             raise
 
 
-def _fetch(repo_id: str, kind: str, folder: str, revision: str, update: bool, only: str | None = None):
+def _relative(path: str, base: str) -> str:
+    """``path`` as the name the local loaders list it by (relative to its model folder, '/'-separated)."""
+    return os.path.relpath(path, os.path.abspath(base)).replace(os.sep, "/")
+
+
+def _fetch(repo_id: str, kind: str, folder: str, revision: str, update: bool):
     repo_id, revision = repo_id.strip(), revision.strip() or None
     if not repo_id:
         raise InvalidModelFileError(f"Give a Hugging Face repository id (owner/name) for the {kind}.")
     progress = _Progress()
     try:
         return fetch(repo_id, kind=kind, dest=os.path.join(folder, folder_name(repo_id)), revision=revision,
-                     only=only, reuse=not update, progress=progress)
+                     reuse=not update, progress=progress)
     except HubError:
         if progress.cancelled:
             raise mm.InterruptProcessingException() from None
         raise
 
 
-class LoadEncoderHub:
+class LoadEncoderHub(LoadEncoder):
     DESCRIPTION = ("Downloads a multilingual text encoder from the Hugging Face Hub into models/text_encoders (once) "
                    "and loads it, like BabelCLIP Load Encoder.")
-    CATEGORY = "BabelCLIP"
-    FUNCTION = "load"
-    RETURN_TYPES = ("BABELCLIP_ENCODER",)
-    RETURN_NAMES = ("encoder",)
-    OUTPUT_TOOLTIPS = ("The multilingual encoder, managed by ComfyUI's model memory manager (int8: kept on the CPU).",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -73,24 +74,18 @@ class LoadEncoderHub:
         }, "optional": {
             "revision": ("STRING", {"default": "", "tooltip": _REVISION_TOOLTIP}),
             "check_for_updates": ("BOOLEAN", {"default": False, "tooltip": _UPDATE_TOOLTIP}),
-            "int8_on_cpu": ("BOOLEAN", {"default": False, "tooltip": "As in BabelCLIP Load Encoder."}),
+            "int8_on_cpu": LoadEncoder.INPUT_TYPES()["optional"]["int8_on_cpu"],
         }}
 
     def load(self, repo_id, revision="", check_for_updates=False, int8_on_cpu=False):
         base = runtime.encoder_dirs()[0]
         result = _fetch(repo_id, "encoder", base, revision, check_for_updates)
-        name = result.path[len(base):].strip("/\\").replace("\\", "/")
-        return (runtime.ManagedEncoder(name, int8=int8_on_cpu),)
+        return (runtime.ManagedEncoder(_relative(result.path, base), int8=int8_on_cpu),)
 
 
-class LoadAdapterHub:
+class LoadAdapterHub(LoadAdapter):
     DESCRIPTION = ("Downloads a BabelCLIP adapter from the Hugging Face Hub into models/babelclip/<repository name>/ "
                    "(once) and loads it, like BabelCLIP Load Adapter.")
-    CATEGORY = "BabelCLIP"
-    FUNCTION = "load"
-    RETURN_TYPES = ("BABELCLIP_ADAPTER",)
-    RETURN_NAMES = ("adapter",)
-    OUTPUT_TOOLTIPS = ("The adapter that maps the encoder's states to this checkpoint's conditioning.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -106,11 +101,12 @@ class LoadAdapterHub:
     def load(self, repo_id, file="", revision="", check_for_updates=False):
         base = runtime.adapter_dirs()[0]
         file = file.strip() or None
-        result = _fetch(repo_id, "adapter", base, revision, check_for_updates, only=file)
+        result = _fetch(repo_id, "adapter", base, revision, check_for_updates)  # all of them: adapters are small
         adapters = [f for f in result.files if f.endswith(".safetensors")]
+        if file is not None and file not in adapters:
+            raise InvalidModelFileError(f"{repo_id} has no adapter file {file!r}; it has {', '.join(adapters)}.")
         if file is None and len(adapters) != 1:
             raise InvalidModelFileError(
                 f"{repo_id} holds {len(adapters)} adapter files ({', '.join(adapters)}): put the one to load in "
                 f"the node's 'file' field.")
-        folder = result.path[len(base):].strip("/\\").replace("\\", "/")
-        return (runtime.AdapterHandle(f"{folder}/{file or adapters[0]}"),)
+        return (runtime.AdapterHandle(f"{_relative(result.path, base)}/{file or adapters[0]}"),)
