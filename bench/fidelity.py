@@ -13,6 +13,8 @@ For each split and configuration (architecture:recipe):
     split (``train_translations``: pure transfer, the adapter never saw these texts) and of the held-out split;
   * ``parallel`` (``--parallel``): trained on the training split's pairs, evaluated on the held-out split;
   * ``ceiling``: the frozen encoder's own retrieval of the same pairs (mean-pooled states, translation vs English);
+    with ``english=N`` (N English prompts trained on), ``train_translations`` is the translations of those N only,
+    with its own ceiling (``pairs`` and ``ceiling_r1`` in the configuration's entry);
   * ``transfer`` = adapter R@1 / ceiling R@1 per language.
 With ``--int8`` the English-only adapter of the first configuration is also run on the int8 encoder: cosine of
 its conditioning to the float32 conditioning per language (the first ``COSINE_PROMPTS`` prompts of each), and R@1 and transfer with int8 features.
@@ -109,6 +111,25 @@ def parse_config(text: str) -> tuple[str, str, dict]:
     return arch, recipe, options
 
 
+def english_subset(pairs, n: int):
+    """The ``english=N`` cap: the pairs of the ``n`` English prompts that hash lowest (the same for every
+    configuration of a split, and for the training English and the evaluation of their translations)."""
+    kept = set(sorted({p.en for p in pairs}, key=lambda en: hashlib.sha256(en.encode("utf-8")).digest())[:n])
+    return [p for p in pairs if p.en in kept]
+
+
+def config_evals(cfg: str, english, train_tr, evals: dict, encoder, teacher, cache) -> dict:
+    """The evaluation sets of ``cfg``: ``evals`` as they are, except with ``english=N``, where
+    ``train_translations`` (and its ceiling) keep only the translations of the N English prompts trained on, so
+    that it stays pure transfer (the other training-split prompts are neither seen nor held out)."""
+    n = parse_config(cfg)[2].get("english")
+    if n is None:
+        return evals
+    kept = {p.en for p in english_subset(english, n)}  # (english: one pair per prompt, sorted)
+    feats = _eval_features([p for p in train_tr if p.en in kept], encoder, teacher, cache)
+    return {**evals, "train_translations": (feats, ceiling(feats))}
+
+
 def train_adapter(cfg: str, pairs, encoder, teacher, cache, steps: int, seed: int):
     from babelclip.models import build_adapter
     from babelclip.training.features import prepare_text_features, teacher_layout_for
@@ -120,7 +141,7 @@ def train_adapter(cfg: str, pairs, encoder, teacher, cache, steps: int, seed: in
     layer, english = options.pop("layer", "last"), options.pop("english", None)
     arch_opts = {k[5:]: options.pop(k) for k in list(options) if k.startswith("arch.")}
     if english is not None:  # a fixed subset, the same for every configuration of the split
-        pairs = sorted(pairs, key=lambda p: hashlib.sha256(p.en.encode("utf-8")).digest())[:english]
+        pairs = english_subset(pairs, english)
     torch.manual_seed(seed)
     recipe = get_recipe(recipe_name, **options)
     adapter = build_adapter(arch, encoder.info.hidden_size, teacher.family, **arch_opts)
@@ -202,10 +223,14 @@ def run_split(args, seed, folder, encoder, teacher, pairs, work, out: dict, save
         print(f"split {seed} {cfg}: features cached, training", flush=True)
         adapter, layer, info = train_adapter(cfg, english, encoder, teacher, cache32, args.steps, seed)
         print(f"split {seed} {cfg}: trained in {info['seconds']:.0f} s", flush=True)
+        cfg_evals = config_evals(cfg, english, train_tr, evals, encoder, teacher, cache32)
         row = {"english_only": {"train": info, **{k: evaluate_at(adapter, layer, f, encoder, teacher, cache32, c)
-                                                  for k, (f, c) in evals.items()}}}
+                                                  for k, (f, c) in cfg_evals.items()}}}
+        if cfg_evals is not evals:  # english=N: its own training-split translations and their ceiling
+            row["english_only"]["train_translations"].update(pairs=len(cfg_evals["train_translations"][0]),
+                                                             ceiling_r1=cfg_evals["train_translations"][1])
         if args.int8 and i == 0:
-            row["english_only"]["int8"] = int8_effect(adapter, folder, encoder, teacher, evals,
+            row["english_only"]["int8"] = int8_effect(adapter, folder, encoder, teacher, cfg_evals,
                                                       os.path.join(work, "cache-int8"))
         if args.parallel:
             adapter_p, _, info_p = train_adapter(cfg, train_tr, encoder, teacher, cache32, args.steps, seed)
