@@ -45,34 +45,49 @@ class _Prompt:
     weights: list[list[float]]  # one weight per token of each chunk
 
 
-def tokenize_prompt(encoder: MultilingualEncoder, prompt: str, *, strict_syntax: bool = False) -> _Prompt:
-    """Parse weights, tokenize the clean text once, and split it into wrapped chunks.
+SYNTAXES = ("comfyui", "webui")
 
-    ``strict_syntax``: see :func:`~babelclip.models.prompt.parse_prompt_weights` (``strict``); unmatched
-    parentheses read as text are named in the log (INFO)."""
-    parsed = parse_prompt_weights(prompt, strict=strict_syntax)
-    if parsed.literal:
-        log.info("Prompt weights: %s", parsed.describe_literal())
-    text = parsed.text
-    ids, offsets = encoder.tokenize(text) if text else ([], [])
-    char_w = parsed.char_weights()
-    tok_w = [char_w[min(start, len(char_w) - 1)] if char_w else 1.0 for start, _ in offsets]
+
+def tokenize_prompt(encoder: MultilingualEncoder, prompt: str, *, strict_syntax: bool = False,
+                    syntax: str = "comfyui") -> _Prompt:
+    """Parse weights, tokenize the clean text once per part, and split it into wrapped chunks.
+
+    ``syntax``: ``"comfyui"`` reads ComfyUI's weight syntax (:func:`~babelclip.models.prompt.parse_prompt_weights`;
+    ``strict_syntax`` as there; unmatched parentheses read as text are named in the log, INFO); ``"webui"`` reads
+    the Automatic1111 / Forge emphasis (:func:`~babelclip.models.prompt_webui.parse_webui_prompt`), where each
+    ``BREAK`` starts a new chunk."""
+    if syntax == "webui":
+        from .prompt_webui import parse_webui_prompt
+
+        parts = parse_webui_prompt(prompt).parts
+    elif syntax == "comfyui":
+        parsed = parse_prompt_weights(prompt, strict=strict_syntax)
+        if parsed.literal:
+            log.info("Prompt weights: %s", parsed.describe_literal())
+        parts = (parsed,)
+    else:
+        raise InvalidDataError(f"Unknown prompt syntax {syntax!r}; choose one of {', '.join(SYNTAXES)}.")
     room = encoder.max_length - encoder.special_tokens
     if room < 1:
         raise InvalidDataError(f"Encoder {encoder.info.name!r} leaves no room for text in a sequence.")
     pre, post = len(encoder.prefix_tokens), len(encoder.suffix_tokens)
     chunks, weights = [], []
-    for start in range(0, max(len(ids), 1), room):
-        piece = ids[start: start + room]
-        chunks.append(encoder.with_special_tokens(piece))
-        weights.append([1.0] * pre + tok_w[start: start + room] + [1.0] * post)
+    for part in parts:
+        text = part.text
+        ids, offsets = encoder.tokenize(text) if text else ([], [])
+        char_w = part.char_weights()
+        tok_w = [char_w[min(start, len(char_w) - 1)] if char_w else 1.0 for start, _ in offsets]
+        for start in range(0, max(len(ids), 1), room):
+            piece = ids[start: start + room]
+            chunks.append(encoder.with_special_tokens(piece))
+            weights.append([1.0] * pre + tok_w[start: start + room] + [1.0] * post)
     return _Prompt(chunks, weights)
 
 
 @torch.no_grad()  # inference only: no autograd graph through the adapter, whoever calls it
 def encode_prompts(encoder: MultilingualEncoder, adapter: Adapter, prompts: Sequence[str], *,
                    layer: LayerSpec | None = None, check_interrupt: Callable[[], None] | None = None,
-                   batch_size: int = 16, strict_syntax: bool = False) -> Conditioning:
+                   batch_size: int = 16, strict_syntax: bool = False, syntax: str = "comfyui") -> Conditioning:
     """Encode ``prompts`` into conditioning for the adapter's target family.
 
     Args:
@@ -85,6 +100,8 @@ def encode_prompts(encoder: MultilingualEncoder, adapter: Adapter, prompts: Sequ
         strict_syntax: False (default) reads the weight syntax as ComfyUI's CLIPTextEncode does (unmatched
             parentheses are text, any finite weight counts); True refuses unmatched parentheses and weights
             outside ``prompt.WEIGHT_RANGE`` with :class:`~babelclip.errors.InvalidPromptError`.
+        syntax: ``"comfyui"`` (default) or ``"webui"``: the Automatic1111 / Forge emphasis, ``BREAK`` starting
+            a new chunk (:func:`tokenize_prompt`).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -96,7 +113,7 @@ def encode_prompts(encoder: MultilingualEncoder, adapter: Adapter, prompts: Sequ
             f"{encoder.info.name!r} gives {encoder.info.hidden_size}.")
     if layer is None:
         layer = getattr(getattr(adapter, "spec", None), "layer", "last")
-    parsed = [tokenize_prompt(encoder, p, strict_syntax=strict_syntax) for p in prompts]
+    parsed = [tokenize_prompt(encoder, p, strict_syntax=strict_syntax, syntax=syntax) for p in prompts]
     flat = [(c, w) for p in parsed for c, w in zip(p.chunks, p.weights)]
     width = max(len(c) for c, _ in flat)
     empty_hidden = empty_cond = None
