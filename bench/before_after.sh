@@ -3,7 +3,7 @@
 #   bash bench/before_after.sh COMMIT [ROUNDS]   (then python bench/report.py)
 # Writes bench/results/{encode,training}-{before,after}N.json. The older commit is checked out into a
 # temporary git worktree; each side runs from a folder where `babelclip` points at its own tree, with the
-# venv of scripts/test.sh or bench/run.sh. Run it on an otherwise idle machine.
+# venv of tools/test.sh or bench/run.sh. Run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 commit=${1:?usage: bench/before_after.sh COMMIT [ROUNDS]}

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Install the benchmark's extras into ./.venv (made by scripts/test.sh or here) and run every benchmark.
+# Install the benchmark's extras into ./.venv (made by tools/test.sh or here) and run every benchmark.
 # Usage: bash bench/run.sh [--device cuda] [--quick]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/venv.sh
+source tools/venv.sh
 install_torch
 "${PIP[@]}" -e .
 "${PIP[@]}" --no-deps mulankit==1.0.2 multilingual-clip==1.0.10

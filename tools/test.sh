@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-source scripts/venv.sh
+source tools/venv.sh
 
 install_torch
 # The pack itself (editable, as `babelclip`), its test extras, and what the 2024-03 ComfyUI imports.

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-source scripts/venv.sh
+source tools/venv.sh
 install_torch
 "${PIP[@]}" -e .
 exec "$VENV/bin/python" -m babelclip.training demo "$@"

@@ -1,4 +1,4 @@
-# Sourced by scripts/test.sh, scripts/demo.sh and bench/run.sh: make (or reuse) the virtual environment they all
+# Sourced by tools/test.sh, tools/demo.sh and bench/run.sh: make (or reuse) the virtual environment they all
 # install into. Sets VENV and PIP and defines install_torch; PYTHON (default python3) makes the venv,
 # BABELCLIP_VENV (default .venv) moves it.
 PYTHON=${PYTHON:-python3}
