@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     if context == "automatic1111":
         import launch
 
-        for r in missing:
-            launch.run_pip(f'install "{r}"', f"BabelCLIP requirement: {r}")
+        # one resolve with every requirement, the satisfied ones too: then the installed packages' own pins
+        # (transformers 4.x needs huggingface-hub<1.0) constrain what pip picks for the missing ones
+        launch.run_pip("install " + " ".join(f'"{r}"' for r in wanted), "BabelCLIP requirements")
         return 0
     cmd = [sys.executable, "-m", "pip", "install", *missing]
     print("[BabelCLIP] running:", " ".join(cmd))

@@ -1,0 +1,61 @@
+"""The BabelCLIP web UI extension in a real Forge / Automatic1111 (``FORGE_PATH`` / ``A1111_PATH``; skipped, naming
+the variable, when unset): the script through ``/sdapi/v1/txt2img``'s ``alwayson_scripts``, the web UI's prompt
+scheduling reaching BabelCLIP as sub-prompts, typed errors, the infotext."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from ..conftest import make_adapter_file
+
+pytestmark = pytest.mark.integration
+
+PROMPT = "一只猫坐在窗台上"
+
+
+@pytest.fixture(scope="module")
+def server(webui, encoder_dirs, encoders):
+    models = webui.data_dir / "models"
+    shutil.copytree(encoder_dirs["xlm-roberta"], models / "text_encoders" / "tiny-xlmr")
+    enc = encoders["xlm-roberta"]
+    make_adapter_file(models / "babelclip" / "tiny-sd1.safetensors", enc, "sd1", "mlp")
+    make_adapter_file(models / "babelclip" / "tiny-sdxl.safetensors", enc, "sdxl", "linear")
+    webui.txt2img({"prompt": "warm up"})  # the first generations after a model load reset the web UI's caches
+    return webui
+
+
+def _on(adapter="tiny-sd1.safetensors", **extra):
+    args = [True, "tiny-xlmr", adapter, extra.get("mix", "off"), extra.get("strength", 0.3), False]
+    return {"alwayson_scripts": {"BabelCLIP": {"args": args}}}
+
+
+def test_babelclip_changes_the_image_reproducibly_and_off_is_the_web_uis_own(server):
+    off = server.images(server.txt2img({"prompt": PROMPT, "steps": 2}))[0]
+    on = server.images(server.txt2img({"prompt": PROMPT, "steps": 2, **_on()}))[0]
+    again = server.images(server.txt2img({"prompt": PROMPT, "steps": 2, **_on()}))[0]
+    off_again = server.images(server.txt2img({"prompt": PROMPT, "steps": 2}))[0]
+    assert (on != off).any(), "BabelCLIP's conditioning did not reach the sampler"
+    assert (on == again).all() and (off == off_again).all()
+    info = server.info(server.txt2img({"prompt": PROMPT, **_on()}))
+    assert "BabelCLIP: \"encoder: tiny-xlmr, adapter: tiny-sd1.safetensors\"" in info["infotexts"][0]
+
+
+def test_a_wrong_family_adapter_fails_with_babelclips_message_and_the_next_request_works(server):
+    from .harness import WebUIError
+
+    with pytest.raises(WebUIError) as err:
+        server.txt2img({"prompt": PROMPT, **_on("tiny-sdxl.safetensors")})
+    assert "made for SDXL" in str(err.value.body) and "SD1" in str(err.value.body)
+    assert server.txt2img({"prompt": PROMPT, **_on()})["images"]
+
+
+def test_the_web_uis_scheduler_hands_babelclip_the_sub_prompts(server):
+    before = len(server.log_text())
+    server.txt2img({"prompt": "a [cat:dog:0.5] (big:1.3) BREAK house AND a tree", "negative_prompt": "ugly",
+                    "steps": 4, "seed": 3, **_on()})
+    log = server.log_text()[before:]
+    assert "BabelCLIP encodes 2 text(s): ['a cat (big:1.3) BREAK house', 'a dog (big:1.3) BREAK house']" in log
+    assert "BabelCLIP encodes 1 text(s): [' a tree']" in log
+    assert "BabelCLIP encodes 1 text(s) (negative): ['ugly']" in log
