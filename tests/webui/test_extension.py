@@ -59,3 +59,19 @@ def test_the_web_uis_scheduler_hands_babelclip_the_sub_prompts(server):
     assert "BabelCLIP encodes 2 text(s): ['a cat (big:1.3) BREAK house', 'a dog (big:1.3) BREAK house']" in log
     assert "BabelCLIP encodes 1 text(s): [' a tree']" in log
     assert "BabelCLIP encodes 1 text(s) (negative): ['ugly']" in log
+
+
+def test_generation_parameters_round_trip_through_png_info(server):
+    """The infotext of an image made with BabelCLIP, read back by the web UI's PNG-info, gives the settings that
+    make the same image again (what "Send to txt2img" restores; Forge's API ``infotext`` field cannot be used:
+    it fails for any Forge infotext)."""
+    from babelclip.webui.runtime import parse_infotext
+
+    payload = {"prompt": PROMPT, "seed": 11, **_on(mix="concat", strength=0.4)}
+    first = server.txt2img(payload)
+    params = server.post("/sdapi/v1/png-info", {"image": first["images"][0]})["parameters"]
+    s = parse_infotext(params["BabelCLIP"])
+    assert (s["encoder"], s["adapter"], s["mix"], s["strength"]) == ("tiny-xlmr", "tiny-sd1.safetensors", "concat", 0.4)
+    again = server.txt2img({"prompt": params["Prompt"], "seed": int(params["Seed"]), "alwayson_scripts": {
+        "BabelCLIP": {"args": [s["enabled"], s["encoder"], s["adapter"], s["mix"], s["strength"], s["int8"]]}}})
+    assert (server.images(first)[0] == server.images(again)[0]).all()
