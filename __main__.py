@@ -81,14 +81,9 @@ def _metadata_lines(key: str, value: str, width: int) -> list[str]:
 
 
 def info(args) -> int:
-    from .errors import BabelClipError
     from .models import read_adapter_spec
 
-    try:
-        spec = read_adapter_spec(args.adapter)
-    except BabelClipError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    spec = read_adapter_spec(args.adapter)
     if args.json:
         print(json.dumps({k: _parsed(v) for k, v in sorted(spec.metadata.items())}, indent=2, ensure_ascii=False))
         return 0
@@ -116,16 +111,10 @@ def _tqdm_progress(desc: str):
 
 
 def fetch(args) -> int:
-    from .errors import BabelClipError
     from .models.hub import fetch as fetch_repo
 
-    try:
-        result = fetch_repo(args.repo, args.models_dir, kind=args.kind, revision=args.revision, name=args.name,
-                            only=args.file, overwrite=args.overwrite, token=args.token,
-                            progress=_tqdm_progress(args.repo))
-    except BabelClipError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = fetch_repo(args.repo, args.models_dir, kind=args.kind, revision=args.revision, name=args.name,
+                        only=args.file, overwrite=args.overwrite, token=args.token, progress=_tqdm_progress(args.repo))
     state = "downloaded" if result.downloaded else "already there"
     commit = f"@{result.commit[:12]}" if result.commit else ""
     print(f"{state}: {result.repo_id}{commit} -> {result.path} ({', '.join(result.files)})")
@@ -133,51 +122,31 @@ def fetch(args) -> int:
 
 
 def push(args) -> int:
-    from .errors import BabelClipError
     from .models.hub import push as push_adapter
 
-    try:
-        url = push_adapter(args.adapter, args.repo, private=args.private or None, revision=args.revision,
-                           token=args.token, license=args.license, base_model=args.base_model, message=args.message)
-    except BabelClipError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    url = push_adapter(args.adapter, args.repo, private=args.private or None, revision=args.revision,
+                       token=args.token, license=args.license, base_model=args.base_model, message=args.message)
     print(f"uploaded {args.adapter} with its model card to {args.repo}: {url}")
     return 0
 
 
 def card(args) -> int:
-    from .errors import BabelClipError
-    from .models.card import write_card
+    from .models.card import evaluation_beside, write_card
 
-    evaluation = None
-    stem = args.adapter[: -len(".safetensors")] if args.adapter.endswith(".safetensors") else args.adapter
-    if os.path.isfile(stem + ".eval.md"):
-        with open(stem + ".eval.md", encoding="utf-8") as f:
-            evaluation = f.read()
-    try:
-        path = write_card(args.adapter, evaluation=evaluation, repo_id=args.repo, base_model=args.base_model,
-                          license=args.license)
-    except BabelClipError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    path = write_card(args.adapter, evaluation=evaluation_beside(args.adapter), repo_id=args.repo,
+                      base_model=args.base_model, license=args.license)
     print(f"wrote {path}")
     return 0
 
 
 def convert(args) -> int:
-    from .errors import BabelClipError
     from .models import read_adapter_spec
     from .models.convert import convert as convert_peer
 
     languages = [x.strip() for x in args.languages.split(",") if x.strip()] if args.languages else None
-    try:
-        out = convert_peer(args.kind, args.src, args.out, family=args.family, encoder=args.encoder,
-                           encoder_out=args.encoder_out, encoder_config=args.encoder_config, origin=args.origin,
-                           license=args.license, languages=languages, overwrite=args.overwrite)
-    except BabelClipError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = convert_peer(args.kind, args.src, args.out, family=args.family, encoder=args.encoder,
+                       encoder_out=args.encoder_out, encoder_config=args.encoder_config, origin=args.origin,
+                       license=args.license, languages=languages, overwrite=args.overwrite)
     print(f"wrote {out}: {read_adapter_spec(out).describe()}")
     if args.encoder_out:
         print(f"its encoder: {args.encoder_out} (put it in models/text_encoders)")
@@ -246,7 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=card)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    return args.func(args)
+    from .errors import BabelClipError
+
+    try:
+        return args.func(args)
+    except BabelClipError as e:  # every command: the typed message, exit status 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -55,6 +55,17 @@ def _teacher(work: str, english: list[str]):
     return load_teacher(ckpt, tok)
 
 
+def frozen_setup(work: str):
+    """What the diagnostics scripts (fidelity_ridge.py, fidelity_probe.py) share with this benchmark: the shipped
+    pairs, the real e5 encoder, the teacher built in ``work`` and the float32 feature cache there."""
+    from babelclip.models import load_encoder
+    from babelclip.training.data import dedup, read_pairs
+
+    pairs = dedup(read_pairs(PROMPTS))
+    return pairs, load_encoder(_e5_folder()), _teacher(work, sorted({p.en for p in pairs})), \
+        os.path.join(work, "cache-fp32")
+
+
 def _features(pairs, encoder, teacher, cache, layout="mean", layer="last", encode_english=False):
     from babelclip.training.features import prepare_text_features
 

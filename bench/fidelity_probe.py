@@ -48,14 +48,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-    from babelclip.models import build_adapter, load_encoder
-    from babelclip.training.data import dedup, read_pairs
+    from babelclip.models import build_adapter
     from babelclip.training.features import prepare_text_features
 
-    pairs = dedup(read_pairs(fid.PROMPTS))
-    encoder = load_encoder(fid._e5_folder())
-    teacher = fid._teacher(args.work, sorted({p.en for p in pairs}))
-    cache = os.path.join(args.work, "cache-fp32")
+    pairs, encoder, teacher, cache = fid.frozen_setup(args.work)
     out = []
     for seed in args.seeds:
         english, train_tr, held_out = fid.split(pairs, 0.25, seed)

@@ -20,7 +20,7 @@ import os
 from .adapter_file import AdapterSpec, read_adapter_spec
 from .files import atomic_write
 
-__all__ = ["CARD_SUFFIX", "card_path", "model_card", "write_card"]
+__all__ = ["CARD_SUFFIX", "card_path", "evaluation_beside", "model_card", "write_card"]
 
 CARD_SUFFIX = ".README.md"
 
@@ -30,6 +30,16 @@ def card_path(adapter_path: str | os.PathLike) -> str:
     path = os.fspath(adapter_path)
     stem = path[: -len(".safetensors")] if path.endswith(".safetensors") else path
     return stem + CARD_SUFFIX
+
+
+def evaluation_beside(adapter_path: str | os.PathLike) -> str | None:
+    """The evaluation table written beside an adapter (``<stem>.eval.md``, training's report), or None."""
+    path = os.fspath(adapter_path)
+    report = (path[: -len(".safetensors")] if path.endswith(".safetensors") else path) + ".eval.md"
+    if not os.path.isfile(report):
+        return None
+    with open(report, encoding="utf-8") as f:
+        return f.read()
 
 
 def _meta(spec: AdapterSpec, key: str, default=None):

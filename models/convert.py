@@ -79,6 +79,7 @@ import torch
 from ..errors import InvalidDataError, InvalidModelFileError, UnsupportedModelError
 from .adapter_file import PICKLE_SUFFIXES, save_adapter
 from .adapters import config_to_adapter
+from .encoder import TOKENIZER_FOLDER_FILES
 from .families import FAMILIES, TargetFamily, get_family
 from .weights_format import check_safetensors
 
@@ -98,8 +99,6 @@ KINDS: dict[str, str] = {
 _LATER_FAMILIES = {4096: "SD3 or Flux"}
 _LATER_MESSAGE = ("SD3 and Flux adapters come with BabelCLIP's Flux/SD3 support; this version converts SD1.x, SD2.x "
                   "and SDXL adapters only.")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                    "sentencepiece.bpe.model", "spiece.model", "vocab.txt", "vocab.json", "merges.txt")
 _CONVERTED_BY = "babelclip convert"
 
 #: MuLan's encoder: InternVL-14B's text tower (QLLaMA, remote code), which BabelCLIP cannot load.
@@ -561,9 +560,9 @@ def _write_encoder_folder(spec: dict, dest: str, overwrite: bool) -> str:
                                     f"(folders are never overwritten).")
     parent = os.path.dirname(dest)
     os.makedirs(parent, exist_ok=True)
-    tokenizer_files = [n for n in _TOKENIZER_FILES if os.path.isfile(os.path.join(spec["src"], n))]
+    tokenizer_files = [n for n in TOKENIZER_FOLDER_FILES if os.path.isfile(os.path.join(spec["src"], n))]
     if not tokenizer_files:
-        raise InvalidModelFileError(f"{spec['src']!r} has no tokenizer files ({', '.join(_TOKENIZER_FILES[:6])}, ...); "
+        raise InvalidModelFileError(f"{spec['src']!r} has no tokenizer files ({', '.join(TOKENIZER_FOLDER_FILES[:6])}, ...); "
                                     f"download the complete model folder, tokenizer included.")
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(dest) + ".", suffix=".part", dir=parent)
     try:

@@ -63,6 +63,10 @@ _TEXT_TOWERS = {
 _PROJECTED_OUTPUT = ("altclip", "altclip_text_model")
 #: Model types whose position ids start after the padding index (RoBERTa style).
 _ROBERTA_POSITIONS = ("xlm-roberta", "roberta", "altclip_text_model")
+#: every tokenizer file a model folder may carry (what downloads and conversions copy along)
+TOKENIZER_FOLDER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                          "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.txt", "vocab.json",
+                          "merges.txt")
 _TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model",
                     "vocab.txt", "vocab.json")
 _ENCODER_ONLY_CLASS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
@@ -373,6 +377,27 @@ def quantize_int8(encoder: MultilingualEncoder) -> MultilingualEncoder:
     return encoder
 
 
+def refuse_custom_code(cfg: dict, where: str, note: str = "") -> None:
+    """Refuse a config (model or tokenizer) that asks for custom code; ``where`` names it, ``note`` ends the
+    message (" Nothing was downloaded.")."""
+    if "auto_map" in cfg or cfg.get("trust_remote_code"):
+        raise InvalidModelFileError(
+            f"{where} asks for custom code (auto_map). BabelCLIP never runs code shipped with a model; use a "
+            f"standard XLM-RoBERTa, BERT, RoBERTa or (m)T5 encoder.{note}")
+
+
+def check_encoder_config(cfg: dict, where: str, note: str = "") -> str:
+    """Refuse a model config that asks for custom code or names an architecture BabelCLIP does not load; return
+    its model type (``where`` and ``note`` as in :func:`refuse_custom_code`)."""
+    refuse_custom_code(cfg, where, note)
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_ENCODERS:
+        raise UnsupportedModelError(
+            f"{where} describes a {model_type!r} model; BabelCLIP supports "
+            f"{', '.join(f'{k} ({v})' for k, v in SUPPORTED_ENCODERS.items())}.{note}")
+    return model_type
+
+
 def _checked_folder(folder: str) -> tuple[dict, str]:
     """The folder's config and model type, after the checks that need no model: it exists, runs no custom code,
     is a supported architecture, has safetensors weights and tokenizer files."""
@@ -382,17 +407,7 @@ def _checked_folder(folder: str) -> tuple[dict, str]:
             f"encoder there (e.g. `{download_command('FacebookAI/xlm-roberta-large', folder)}`)."
         )
     cfg = _read_config(folder)
-    if "auto_map" in cfg:
-        raise InvalidModelFileError(
-            f"{os.path.join(folder, 'config.json')!r} asks for custom code (auto_map). BabelCLIP never runs "
-            f"code shipped with a model; use a standard XLM-RoBERTa, BERT, RoBERTa or (m)T5 encoder."
-        )
-    model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_ENCODERS:
-        raise UnsupportedModelError(
-            f"Encoder {folder!r} is a {model_type!r} model; BabelCLIP supports "
-            f"{', '.join(f'{k} ({v})' for k, v in SUPPORTED_ENCODERS.items())}."
-        )
+    model_type = check_encoder_config(cfg, repr(os.path.join(folder, "config.json")))
     _check_weights(folder)
     if not any(os.path.isfile(os.path.join(folder, f)) for f in _TOKENIZER_FILES):
         raise InvalidModelFileError(
@@ -437,12 +452,10 @@ def _load_model(transformers, folder: str, model_type: str):
 
 def _fetched_from(folder: str) -> str:
     """The Hub repository ``python -m babelclip fetch`` recorded for ``folder`` (models/hub.py), or ``""``."""
-    try:
-        with open(os.path.join(folder, ".babelclip-source.json"), encoding="utf-8") as f:
-            repo = json.load(f).get("repo_id")
-        return repo if isinstance(repo, str) else ""
-    except (OSError, ValueError, AttributeError):
-        return ""
+    from .hub import read_source
+
+    repo = read_source(folder).get("repo_id")
+    return repo if isinstance(repo, str) else ""
 
 
 def check_encoder_folder(path: str | os.PathLike) -> dict:

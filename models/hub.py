@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import BabelClipError, InvalidModelFileError, StorageError, UnsafePathError, UnsupportedModelError
+from ..errors import BabelClipError, InvalidModelFileError, StorageError, UnsafePathError
 
 __all__ = ["KINDS", "SOURCE_FILE", "FetchResult", "HubError", "fetch", "push", "plan_files", "read_source",
            "folder_name", "destination"]
@@ -44,9 +44,11 @@ SOURCE_FILE = ".babelclip-source.json"
 #: host model folder (under ``models/``) per kind
 KIND_FOLDERS = {"encoder": "text_encoders", "adapter": "babelclip"}
 #: what BabelCLIP reads of an encoder repository, besides ``*.safetensors`` and ``*.safetensors.index.json``
-ENCODER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "added_tokens.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.txt",
-                 "vocab.json", "merges.txt")
+def _encoder_files() -> tuple[str, ...]:
+    from .encoder import TOKENIZER_FOLDER_FILES
+
+    return ("config.json", *TOKENIZER_FOLDER_FILES)
+
 #: beside adapter files: the model card and the evaluation report
 ADAPTER_EXTRAS = ("README.md", "*.eval.json", "*.eval.md", "*.eval.png", "*.README.md")
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
@@ -148,7 +150,7 @@ def plan_files(repo_id: str, kind: str, files: list[str], only: str | None = Non
             raise InvalidModelFileError(
                 f"{repo_id} has no config.json at its top level, so it is not a transformers encoder. Nothing was "
                 f"downloaded. For an adapter repository use --kind adapter.")
-        keep = [f for f in top if f in ENCODER_FILES or f.endswith(".safetensors.index.json")]
+        keep = [f for f in top if f in _encoder_files() or f.endswith(".safetensors.index.json")]
         return sorted(set(keep) | set(weights))
     extras = [f for f in top if _matches(f, ADAPTER_EXTRAS)]
     return sorted(set(weights) | set(extras))
@@ -160,7 +162,7 @@ def _guess_kind(files: list[str]) -> str:
 
 def _check_configs(repo_id: str, folder: str) -> None:
     """Refuse custom code and unsupported architectures from the repository's config files alone."""
-    from .encoder import SUPPORTED_ENCODERS
+    from .encoder import check_encoder_config, refuse_custom_code
 
     for name in _CONFIG_FILES:
         path = os.path.join(folder, name)
@@ -174,14 +176,8 @@ def _check_configs(repo_id: str, folder: str) -> None:
                                         f"repository is damaged or not a transformers model.") from None
         if not isinstance(cfg, dict):
             raise InvalidModelFileError(f"{repo_id}: {name} is not a JSON object. Nothing was downloaded.")
-        if "auto_map" in cfg or cfg.get("trust_remote_code"):
-            raise InvalidModelFileError(
-                f"{repo_id}: {name} asks for custom code (auto_map). BabelCLIP never runs code shipped with a model, "
-                f"so nothing was downloaded. Use a standard XLM-RoBERTa, BERT, RoBERTa or (m)T5 encoder.")
-        if name == "config.json" and cfg.get("model_type") not in SUPPORTED_ENCODERS:
-            raise UnsupportedModelError(
-                f"{repo_id} is a {cfg.get('model_type')!r} model; BabelCLIP loads "
-                f"{', '.join(sorted(SUPPORTED_ENCODERS))} encoders. Nothing was downloaded.")
+        check = check_encoder_config if name == "config.json" else refuse_custom_code
+        check(cfg, f"{repo_id}: {name}", " Nothing was downloaded.")
 
 
 def _validate(kind: str, folder: str, files: list[str], repo_id: str) -> None:
@@ -437,18 +433,13 @@ def push(adapter_path: str | os.PathLike, repo_id: str, *, private: bool | None 
     from huggingface_hub import CommitOperationAdd, HfApi
 
     from .adapter_file import read_adapter_spec
-    from .card import model_card
+    from .card import evaluation_beside, model_card
 
     path = os.path.abspath(os.fspath(adapter_path))
     _check_repo_id(repo_id)
     spec = read_adapter_spec(path)
     extras = _eval_files(path)
-    evaluation = None
-    md = path[: -len(".safetensors")] + ".eval.md"
-    if md in extras:
-        with open(md, encoding="utf-8") as f:
-            evaluation = f.read()
-    card = model_card(spec, evaluation=evaluation, repo_id=repo_id, base_model=base_model, license=license)
+    card = model_card(spec, evaluation=evaluation_beside(path), repo_id=repo_id, base_model=base_model, license=license)
     operations = [CommitOperationAdd(path_in_repo=os.path.basename(path), path_or_fileobj=path),
                   CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")),
                   *(CommitOperationAdd(path_in_repo=os.path.basename(p), path_or_fileobj=p) for p in extras)]

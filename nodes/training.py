@@ -314,11 +314,9 @@ class SaveAdapter:
 
         from ..models.files import atomic_write
 
-        from ..models.card import write_card
+        from ..models.card import evaluation_beside, write_card
 
         path = _unique_path(filename)
         atomic_write(path, lambda tmp: shutil.copyfile(adapter.path, tmp), "adapter")
-        report = adapter.path[: -len(".safetensors")] + ".eval.md"  # the evaluation of the original, if written
-        evaluation = open(report, encoding="utf-8").read() if os.path.isfile(report) else None
-        write_card(path, evaluation=evaluation)  # the copy's own card (it names the copy)
+        write_card(path, evaluation=evaluation_beside(adapter.path))  # the copy's own card, the original's table
         return {"ui": {"text": [f"saved {os.path.basename(path)}"]}}

@@ -200,14 +200,14 @@ def _save(job: TrainJob, hooks: Hooks, adapter, result: TrainResult, train_pairs
 
     report = evaluate_adapter(adapter, val) if val is not None else None
     meta = metadata(job, result, train_pairs, report, seconds)
-    save_adapter(adapter.cpu(), job.out, meta, overwrite=job.overwrite,
-                 evaluation=report_markdown(report) if report else None)
+    table = report_markdown(report) if report else None
+    save_adapter(adapter.cpu(), job.out, meta, overwrite=job.overwrite, evaluation=table)
     if os.path.exists(job.checkpoint_path):
         os.unlink(job.checkpoint_path)
     hooks.log(f"saved {job.out} (final loss {result.losses[-1]:.4g})")
     if report and job.report_files:
         paths = write_report(report, job.out[: -len(".safetensors")] + ".eval")
-        hooks.log(report_markdown(report))
+        hooks.log(table)
         hooks.log(f"evaluation: {paths['json']}, {paths['markdown']}, {paths['chart']}")
     return report, meta
 

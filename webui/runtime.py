@@ -74,10 +74,19 @@ def model_family(model):
                                 f"SD2.x and SDXL checkpoints.")
 
 
+_KEPT: dict[str, tuple] = {}  # "encoder" / "adapter" -> (key, model): the last one of each, reused
+
+
+def _kept(slot: str, key, load):
+    """The model kept in ``slot`` if it was loaded for ``key``, else ``load()`` (which replaces it)."""
+    if slot not in _KEPT or _KEPT[slot][0] != key:
+        _KEPT.pop(slot, None)  # free the old one before loading the next
+        _KEPT[slot] = (key, load())
+    return _KEPT[slot][1]
+
+
 class Job:
     """BabelCLIP's settings for one generation, and the models they name (loaded on first use, kept for reuse)."""
-
-    _loaded: dict = {}  # (encoder path, int8) -> encoder; adapter path -> (mtime, adapter); one of each kept
 
     def __init__(self, encoder: str, adapter: str, mix: str = "off", strength: float = 0.3, int8: bool = False):
         self.encoder_name, self.adapter_name = encoder, adapter
@@ -100,21 +109,11 @@ class Job:
         enc_path = resolve_inside([encoder_dir()], self.encoder_name, "encoder folder")
         ad_path = resolve_inside([adapter_dir()], self.adapter_name, "adapter")
         spec = read_adapter_spec(ad_path)
-        key = (enc_path, self.int8)
-        encoder = self._loaded.get(key)
-        if encoder is None:
-            self._loaded.clear()
-            encoder = load_encoder(enc_path, int8=self.int8)
-            self._loaded[key] = encoder
+        encoder = _kept("encoder", (enc_path, self.int8), lambda: load_encoder(enc_path, int8=self.int8))
         check_compatible(spec, encoder.info, family)
-        mtime = os.path.getmtime(ad_path)
-        cached = self._loaded.get(ad_path)
-        if cached is None or cached[0] != mtime:
-            for k in [k for k in self._loaded if isinstance(k, str)]:
-                del self._loaded[k]
-            cached = (mtime, load_adapter(spec, encoder=encoder.info, family=family))
-            self._loaded[ad_path] = cached
-        return encoder, cached[1]
+        adapter = _kept("adapter", (ad_path, os.path.getmtime(ad_path), encoder.info.fingerprint),
+                        lambda: load_adapter(spec, encoder=encoder.info, family=family))
+        return encoder, adapter
 
     def encode(self, model, original, texts):
         """What ``model.get_learned_conditioning(texts)`` returns, from BabelCLIP (see the module doc)."""
