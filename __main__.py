@@ -153,7 +153,7 @@ def convert(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m babelclip", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="encode prompts in ten languages with tiny built-in models (no download)")
@@ -213,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-model", help="the encoder's Hub repository (default: the one the adapter records)")
     p.add_argument("--license", help="licence id for the card")
     p.set_defaults(func=card)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from .errors import BabelClipError
 

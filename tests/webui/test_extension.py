@@ -26,6 +26,19 @@ def server(webui, encoder_dirs, encoders):
     return webui
 
 
+def test_the_api_lists_the_script_and_its_arguments_in_the_documented_order(server):
+    from babelclip.models import MIX_MODES
+
+    info = server.get("/sdapi/v1/script-info")
+    ours = [s for s in info if s["name"] == "babelclip" and not s["is_img2img"]]
+    assert len(ours) == 1 and ours[0]["is_alwayson"]
+    args = ours[0]["args"]
+    assert [a["label"].split(" ")[0] for a in args] == ["Enable", "Encoder", "Adapter", "Mix", "CLIP", "int8"]
+    # (the encoder and adapter lists are what the folders held when the UI was built: the Refresh button renews them)
+    assert isinstance(args[1]["choices"], list) and isinstance(args[2]["choices"], list)
+    assert args[3]["choices"] == list(MIX_MODES) and args[0]["value"] is False
+
+
 def _on(adapter="tiny-sd1.safetensors", **extra):
     args = [True, "tiny-xlmr", adapter, extra.get("mix", "off"), extra.get("strength", 0.3), False]
     return {"alwayson_scripts": {"BabelCLIP": {"args": args}}}
