@@ -250,14 +250,12 @@ def _diffusers_folder(path: str, ids: tuple[int, int]) -> tuple[TargetFamily, di
     return family, {n: _build_tower(sd, act, *ids) for n, (sd, act) in parts.items()}, tensors
 
 
-def load_teacher(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> CheckpointTeacher:
+def load_teacher(path: str | os.PathLike, tokenizer=None) -> CheckpointTeacher:
     """Load the CLIP teacher of a checkpoint file or diffusers folder (float32, CPU).
 
-    ``tokenizer``: a folder with CLIP's ``vocab.json`` + ``merges.txt``; default: the
-    diffusers folder's ``tokenizer/``.
+    ``tokenizer``: a folder with CLIP's ``vocab.json`` + ``merges.txt``, or a loaded transformers CLIP tokenizer
+    (a host's own); default: the diffusers folder's ``tokenizer/``.
     """
-    from transformers import CLIPTokenizer
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InvalidModelFileError(f"Checkpoint {path!r} does not exist.")
@@ -266,11 +264,21 @@ def load_teacher(path: str | os.PathLike, tokenizer: str | os.PathLike | None = 
     elif not path.lower().endswith(".safetensors"):
         raise InvalidModelFileError(
             f"{path!r} is not a .safetensors checkpoint or a diffusers folder; BabelCLIP never unpickles .ckpt files.")
+    tok = _clip_tokenizer(path, tokenizer)
+    ids = (tok.bos_token_id, tok.eos_token_id)
+    family, towers, tensors = _diffusers_folder(path, ids) if os.path.isdir(path) else _single_file(path, ids)
+    return CheckpointTeacher(family, towers, tok, tensor_hash(tensors)[:16], path)
+
+
+def _clip_tokenizer(path: str, tokenizer):
+    from transformers import PreTrainedTokenizerBase
+
+    if isinstance(tokenizer, PreTrainedTokenizerBase):
+        return tokenizer
     if tokenizer is None or not os.path.isfile(os.path.join(os.fspath(tokenizer), "vocab.json")):
         raise InvalidModelFileError(
             f"No CLIP tokenizer for {path!r}: pass a folder with vocab.json and merges.txt (a diffusers model's "
             f"tokenizer/ folder, or ComfyUI's comfy/sd1_tokenizer).")
-    tok = CLIPTokenizer.from_pretrained(os.fspath(tokenizer), local_files_only=True)
-    ids = (tok.bos_token_id, tok.eos_token_id)
-    family, towers, tensors = _diffusers_folder(path, ids) if os.path.isdir(path) else _single_file(path, ids)
-    return CheckpointTeacher(family, towers, tok, tensor_hash(tensors)[:16], path)
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(os.fspath(tokenizer), local_files_only=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ from ..models.adapters import trainable_architectures
 from ..training.data import dedup, pairs_from_text, read_pairs
 from ..training.evaluation import evaluate_adapter, report_markdown
 from ..training.features import prepare_text_features, teacher_layout_for
-from ..training.pipeline import Hooks, TrainJob, run_pipeline
+from ..training.pipeline import Hooks, TrainJob, host_checkpoint_path, run_pipeline, unique_adapter_path
 from ..training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, list_recipes, recipe_help, training_recipe
 from ..training.trainer import TrainConfig
 from . import comfy_runtime as runtime, loaded_models
@@ -100,13 +99,7 @@ def _cache_dir() -> str:
 
 
 def _unique_path(name: str) -> str:
-    stem = re.sub(r"[^\w\-. ]", "_", name).strip(" .")
-    stem = (stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem) or "babelclip-adapter"
-    folder = runtime.adapter_dirs()[0]
-    path, n = os.path.join(folder, stem + ".safetensors"), 1
-    while os.path.exists(path):
-        path, n = os.path.join(folder, f"{stem}_{n:05d}.safetensors"), n + 1
-    return path
+    return unique_adapter_path(runtime.adapter_dirs()[0], name)
 
 
 def _plot(values: list[float], title: str) -> torch.Tensor:
@@ -206,8 +199,7 @@ class TrainAdapter:
         path = _unique_path(adapter_name)
         cancel = Cancel()
         job = TrainJob(pairs, encoder.encoder, teacher, "ComfyUI CLIP", recipe_obj, arch, config, path, _cache_dir(),
-                       checkpoint=os.path.join(_cache_dir(), f"{os.path.basename(path)[:-12]}-{recipe}-{arch}-"
-                                                             f"{seed}.ckpt"),
+                       checkpoint=host_checkpoint_path(_cache_dir(), path, recipe, arch, seed),
                        images=_images_hook(recipe_obj, pairs, teacher, model, vae, images, clip_vision))
         out = run_pipeline(job, Hooks(progress=_stage_bars(cancel), should_stop=cancel.should_stop))
         if out.stopped:  # cached features and the last finished step's checkpoint are kept for a rerun

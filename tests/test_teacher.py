@@ -99,6 +99,12 @@ def test_sd1_single_file_runs_last_layer_with_final_norm(tmp_path, clip_tokenize
     teacher.clip_skip = -2  # CLIPSetLastLayer(-2) on SD1: penultimate layer, final norm applied
     hidden = model.text_model(input_ids=ids, output_hidden_states=True).hidden_states[-2]
     torch.testing.assert_close(teacher.encode(["a cat, red."]).cond, model.text_model.final_layer_norm(hidden))
+    # a host's own loaded tokenizer (the web UI's) instead of a folder: the same teacher
+    from transformers import CLIPTokenizer
+
+    loaded = load_teacher(ckpt, CLIPTokenizer.from_pretrained(str(clip_tokenizer)))
+    assert loaded.fingerprint == teacher.fingerprint
+    torch.testing.assert_close(loaded.encode(["a cat, red."]).cond, ref.last_hidden_state)
 
 
 @torch.no_grad()

@@ -150,3 +150,16 @@ def test_no_silent_fallback_to_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InvalidDataError, match="CUDA is not available"):
         _device("cuda")
+
+
+def test_host_runs_never_overwrite_and_name_their_checkpoint_by_the_settings(tmp_path):
+    from babelclip.training.pipeline import host_checkpoint_path, unique_adapter_path
+
+    first = unique_adapter_path(str(tmp_path), "my/adapter:1.safetensors")
+    assert first == str(tmp_path / "my_adapter_1.safetensors")
+    open(first, "wb").close()
+    assert unique_adapter_path(str(tmp_path), "my/adapter:1") == str(tmp_path / "my_adapter_1_00001.safetensors")
+    assert unique_adapter_path(str(tmp_path), " .. ") == str(tmp_path / "babelclip-adapter.safetensors")
+    ckpt = host_checkpoint_path(str(tmp_path / ".cache"), first, "altclip-kd", "linear", 3)
+    assert ckpt == str(tmp_path / ".cache" / "my_adapter_1-altclip-kd-linear-3.ckpt")
+    assert ckpt != host_checkpoint_path(str(tmp_path / ".cache"), first, "altclip-kd", "mlp", 3)

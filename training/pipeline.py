@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import time
 from typing import Callable, Sequence
 
@@ -28,7 +29,7 @@ from .recipe_base import Recipe
 from .trainer import TrainConfig, TrainResult
 
 __all__ = ["TrainJob", "Hooks", "PipelineResult", "split_for_training", "check_job", "run_pipeline",
-           "MIN_PAIRS_TO_HOLD_OUT"]
+           "MIN_PAIRS_TO_HOLD_OUT", "unique_adapter_path", "host_checkpoint_path"]
 
 log = logging.getLogger("babelclip.training")
 
@@ -99,6 +100,24 @@ class PipelineResult:
     report: dict | None = None
     seconds: float = 0.0  # of the training loop
     metadata: dict = dataclasses.field(default_factory=dict)
+
+
+def unique_adapter_path(folder: str, name: str) -> str:
+    """``<folder>/<name>.safetensors`` for a name a user typed (characters a file name cannot hold become ``_``),
+    numbered ``_00001``, ``_00002``... when it exists: a host's training never overwrites an adapter."""
+    stem = re.sub(r"[^\w\-. ]", "_", name).strip(" .")
+    stem = (stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem) or "babelclip-adapter"
+    path, n = os.path.join(folder, stem + ".safetensors"), 1
+    while os.path.exists(path):
+        path, n = os.path.join(folder, f"{stem}_{n:05d}.safetensors"), n + 1
+    return path
+
+
+def host_checkpoint_path(cache_dir: str, out: str, recipe: str, arch: str, seed: int) -> str:
+    """Where a host keeps the resumable checkpoint of a run writing ``out``: named by the adapter and the settings
+    that shape the run, so that starting the same settings again after a cancel resumes it."""
+    stem = os.path.basename(out)[: -len(".safetensors")]
+    return os.path.join(cache_dir, f"{stem}-{recipe}-{arch}-{seed}.ckpt")
 
 
 def split_for_training(pairs: Sequence[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:

@@ -1,4 +1,5 @@
-"""The BabelCLIP section of txt2img / img2img (an always-on web UI script) and its setting.
+"""The BabelCLIP section of txt2img / img2img (an always-on web UI script), its setting, and the training tab and API
+(:mod:`.training`).
 
 API: ``"alwayson_scripts": {"BabelCLIP": {"args": [enabled, encoder, adapter, mix, strength, int8]}}`` — the order
 of :data:`ARGS`; missing trailing values keep their defaults.
@@ -11,7 +12,7 @@ import gradio as gr
 from modules import script_callbacks, scripts, shared
 
 from ..models import MIX_MODES
-from . import runtime
+from . import runtime, training
 
 ARGS = ("enabled", "encoder", "adapter", "mix", "strength", "int8")
 INFOTEXT_KEY = "BabelCLIP"
@@ -100,3 +101,5 @@ _console_log()
 script_callbacks.on_ui_settings(_settings)
 script_callbacks.on_before_ui(_unshadow)
 script_callbacks.on_app_started(_unshadow)
+script_callbacks.on_ui_tabs(training.ui_tab)
+script_callbacks.on_app_started(training.add_api_routes)

@@ -5,7 +5,8 @@ Gated on environment variables naming a checkout of the web UI (never vendored h
 * ``FORGE_PATH``: a stable-diffusion-webui-forge checkout. It needs ``repositories/huggingface_guess``
   (``launch.py`` clones it during the environment preparation that these tests skip): clone
   ``lllyasviel/huggingface_guess`` there and check out the commit named in ``modules/launch_utils.py``
-  (``HUGGINGFACE_GUESS_HASH``).
+  (``HUGGINGFACE_GUESS_HASH``). The tests that start the web UI with its UI (the training tab) also need
+  ``repositories/stable-diffusion-webui-assets`` (``ASSETS_COMMIT_HASH`` there).
 * ``A1111_PATH``: a stable-diffusion-webui checkout, with the ``repositories/`` that its ``launch.py`` clones
   (stable-diffusion-stability-ai, generative-models, k-diffusion, BLIP).
 
@@ -340,13 +341,16 @@ class WebUIServer:
     """A web UI (``launch.py --api --nowebui``) serving on 127.0.0.1 with its own data dir."""
 
     def __init__(self, kind: str, root: Path, python: Path, data_dir: Path, checkpoint: Path,
-                 extra_args: list[str] | None = None, env: dict | None = None, startup_timeout: float = 300):
+                 extra_args: list[str] | None = None, env: dict | None = None, startup_timeout: float = 300,
+                 with_ui: bool = False):
         self.kind, self.root, self.python, self.data_dir = kind, root, python, data_dir
+        self.checkpoint_name = checkpoint.name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / "server.log"
         ckpt = data_dir / "models" / "Stable-diffusion" / checkpoint.name
-        args = [str(python), "launch.py", *COMMON_ARGS, *KINDS[kind]["cpu_args"],
+        common = [a for a in COMMON_ARGS if not (with_ui and a == "--nowebui")]
+        args = [str(python), "launch.py", *common, *KINDS[kind]["cpu_args"],
                 "--server-name", "127.0.0.1", "--port", str(self.port),
                 "--data-dir", str(data_dir), "--ckpt", str(ckpt), *(extra_args or [])]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -385,6 +389,10 @@ class WebUIServer:
             try:
                 self.get("/sdapi/v1/samplers", timeout=5)
                 return
+            except WebUIError as e:  # with the UI, gradio serves before the web UI adds its API routes
+                if e.status != 404:
+                    raise
+                time.sleep(0.5)
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.5)
         raise TimeoutError(f"{self.kind} did not start in {timeout}s:\n{self.log_tail()}")
@@ -450,14 +458,14 @@ class WebUIServer:
 
 
 def start_webui(kind: str, data_dir: Path, extension_source: Path = REPO, extension_name: str = "babelclip",
-                extra_args: list[str] | None = None, env: dict | None = None) -> WebUIServer:
+                extra_args: list[str] | None = None, env: dict | None = None, with_ui: bool = False) -> WebUIServer:
     """Everything in one call: checkout (skips when its variable is unset), Python, checkpoint, data dir,
     server. The caller stops the server."""
     root = webui_checkout(kind)
     python = webui_python(kind, root)
     ckpt = sd15_checkpoint()
     prepare_data_dir(data_dir, ckpt, extension_source, extension_name)
-    return WebUIServer(kind, root, python, data_dir, ckpt, extra_args=extra_args, env=env)
+    return WebUIServer(kind, root, python, data_dir, ckpt, extra_args=extra_args, env=env, with_ui=with_ui)
 
 
 # --------------------------------------------------------------------------------------------- fixtures
