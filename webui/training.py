@@ -87,7 +87,8 @@ def clip_tokenizer(model):
     """The web UI's own CLIP tokenizer (transformers) of the loaded checkpoint, where each web UI keeps it."""
     from transformers import PreTrainedTokenizerBase
 
-    paths = (("forge_objects", "clip", "tokenizer", "clip_l"),  # Forge
+    paths = (("forge_objects", "clip", "tokenizer", "clip_l"),  # Forge: SD1.x, SDXL
+             ("forge_objects", "clip", "tokenizer", "clip_h"),  # Forge: SD2.x
              ("cond_stage_model", "wrapped", "tokenizer"),  # Automatic1111, SD1.x
              ("conditioner", "embedders", 0, "tokenizer"))  # Automatic1111, SDXL (CLIP-L's)
     for path in paths:

@@ -190,8 +190,11 @@ _RESNET = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "o
            ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]
 
 
-def _unet_key(k: str) -> str:
+def _unet_key(k: str, up_with_attention: frozenset = frozenset({1, 2, 3})) -> str:
+    """``up_with_attention``: the up blocks that have attention layers (SD1.x/SD2.x: 1-3; SDXL: 0-1): an
+    upsampler comes after the attention in those."""
     top = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+           "add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2.",
            "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
     for a, b in top.items():
         if k.startswith(a):
@@ -205,7 +208,7 @@ def _unet_key(k: str) -> str:
     elif parts[0] == "up_blocks":
         i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
         if kind == "upsamplers":  # upsamplers.0.conv.*: after the resnet, and after the attention if any
-            return f"output_blocks.{3 * i + 2}.{1 if i == 0 else 2}.conv." + ".".join(parts[5:])
+            return f"output_blocks.{3 * i + 2}.{2 if i in up_with_attention else 1}.conv." + ".".join(parts[5:])
         prefix = f"output_blocks.{3 * i + j}." + ("0." if kind == "resnets" else "1.")
     elif parts[0] == "mid_block":
         kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
@@ -258,6 +261,19 @@ def _vae_key(k: str) -> str:
     raise KeyError(f"unexpected diffusers VAE key {k}")
 
 
+def vae_state_dict(folder: str | Path) -> dict:
+    """The diffusers folder's VAE in the original single-file layout (``first_stage_model.*``)."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for k, v in load_file(Path(folder) / "vae" / "diffusion_pytorch_model.safetensors").items():
+        new = _vae_key(k)
+        if ".mid.attn_1." in new and new.endswith(".weight") and v.ndim == 2:
+            v = v.reshape(*v.shape, 1, 1)
+        out["first_stage_model." + new] = v.contiguous()
+    return out
+
+
 def sd15_state_dict_from_diffusers(folder: str | Path) -> dict:
     """The original single-file SD1.x state dict of a diffusers-layout folder (unet, vae, text_encoder)."""
     from safetensors.torch import load_file
@@ -266,11 +282,7 @@ def sd15_state_dict_from_diffusers(folder: str | Path) -> dict:
     out = {}
     for k, v in load_file(folder / "unet" / "diffusion_pytorch_model.safetensors").items():
         out["model.diffusion_model." + _unet_key(k)] = v
-    for k, v in load_file(folder / "vae" / "diffusion_pytorch_model.safetensors").items():
-        new = _vae_key(k)
-        if ".mid.attn_1." in new and new.endswith(".weight") and v.ndim == 2:
-            v = v.reshape(*v.shape, 1, 1)
-        out["first_stage_model." + new] = v.contiguous()
+    out.update(vae_state_dict(folder))
     for k, v in load_file(folder / "text_encoder" / "model.safetensors").items():
         out["cond_stage_model.transformer." + k] = v  # transformers CLIPTextModel keys (text_model.*)
     return out
@@ -458,12 +470,13 @@ class WebUIServer:
 
 
 def start_webui(kind: str, data_dir: Path, extension_source: Path = REPO, extension_name: str = "babelclip",
-                extra_args: list[str] | None = None, env: dict | None = None, with_ui: bool = False) -> WebUIServer:
+                extra_args: list[str] | None = None, env: dict | None = None, with_ui: bool = False,
+                checkpoint: Path | None = None) -> WebUIServer:
     """Everything in one call: checkout (skips when its variable is unset), Python, checkpoint, data dir,
     server. The caller stops the server."""
     root = webui_checkout(kind)
     python = webui_python(kind, root)
-    ckpt = sd15_checkpoint()
+    ckpt = checkpoint or sd15_checkpoint()
     prepare_data_dir(data_dir, ckpt, extension_source, extension_name)
     return WebUIServer(kind, root, python, data_dir, ckpt, extra_args=extra_args, env=env, with_ui=with_ui)
 
