@@ -1,4 +1,5 @@
-"""SD2.x and SDXL in a real Forge (``FORGE_PATH``; skipped, naming it, when unset): random checkpoints at their real
+"""SD2.x and SDXL in a real Forge / Automatic1111 (``FORGE_PATH`` / ``A1111_PATH``; skipped, naming the variable,
+when unset): random checkpoints at their real
 sizes (tests/webui/checkpoints.py), BabelCLIP's conditioning through txt2img (SDXL: cross-attention plus the
 size-embedded vector), a wrong-family adapter refused, and training against the loaded checkpoint's towers
 (SDXL: CLIP-L and CLIP-G, the pooled part of the vector included in the agreement check)."""
@@ -10,26 +11,29 @@ import shutil
 import pytest
 
 from ..conftest import make_adapter_file
+from .harness import KINDS
 from .test_training import PROMPT, _on, _pairs
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module", params=["sd2", "sdxl"])
+@pytest.fixture(scope="module", params=[(kind, family) for kind in KINDS for family in ("sd2", "sdxl")],
+                ids=lambda p: "-".join(p))
 def family_server(request, webui_factory, encoder_dirs, encoders):
     from .checkpoints import random_checkpoint
     from .harness import webui_checkout
 
-    webui_checkout("forge")  # skips, naming FORGE_PATH, before building a multi-GB checkpoint
-    server = webui_factory("forge", checkpoint=random_checkpoint(request.param))
-    # Forge's live previews of SDXL would download an approximate decoder (the SD1.x one ships with it)
+    kind, family = request.param
+    webui_checkout(kind)  # skips, naming FORGE_PATH / A1111_PATH, before building a multi-GB checkpoint
+    server = webui_factory(kind, checkpoint=random_checkpoint(family))
+    # live previews of SDXL would download an approximate decoder (the SD1.x one ships with the web UIs)
     server.post("/sdapi/v1/options", {"live_previews_enable": False})
     models = server.data_dir / "models"
     shutil.copytree(encoder_dirs["xlm-roberta"], models / "text_encoders" / "tiny-xlmr")
     enc = encoders["xlm-roberta"]
-    make_adapter_file(models / "babelclip" / f"tiny-{request.param}.safetensors", enc, request.param, "mlp")
+    make_adapter_file(models / "babelclip" / f"tiny-{family}.safetensors", enc, family, "mlp")
     make_adapter_file(models / "babelclip" / "tiny-sd1.safetensors", enc, "sd1", "linear")
-    server.family = request.param
+    server.family = family
     yield server
     server.stop()
 

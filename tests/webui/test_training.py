@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import make_adapter_file
+from .harness import KINDS
 
 pytestmark = pytest.mark.integration
 
@@ -134,12 +135,13 @@ print(json.dumps({"status": status, "report": report, "chart": chart}))
 """
 
 
-def test_the_tab_trains_through_the_web_uis_own_queue(webui_factory, encoder_dirs, tmp_path):
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_tab_trains_through_the_web_uis_own_queue(kind, webui_factory, encoder_dirs, tmp_path):
     """The BabelCLIP tab as the browser drives it: the web UI with its UI, the Train button's function called
     through gradio's queue (``gradio_client`` in the web UI's own Python)."""
     import subprocess
 
-    server = webui_factory("forge", with_ui=True)
+    server = webui_factory(kind, with_ui=True)
     shutil.copytree(encoder_dirs["xlm-roberta"], server.data_dir / "models" / "text_encoders" / "tiny-xlmr")
     config = server.get("/config")
     labels = {c.get("props", {}).get("label") for c in config["components"]}
