@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -160,6 +162,18 @@ def test_host_runs_never_overwrite_and_name_their_checkpoint_by_the_settings(tmp
     open(first, "wb").close()
     assert unique_adapter_path(str(tmp_path), "my/adapter:1") == str(tmp_path / "my_adapter_1_00001.safetensors")
     assert unique_adapter_path(str(tmp_path), " .. ") == str(tmp_path / "babelclip-adapter.safetensors")
-    ckpt = host_checkpoint_path(str(tmp_path / ".cache"), first, "altclip-kd", "linear", 3)
-    assert ckpt == str(tmp_path / ".cache" / "my_adapter_1-altclip-kd-linear-3.ckpt")
-    assert ckpt != host_checkpoint_path(str(tmp_path / ".cache"), first, "altclip-kd", "mlp", 3)
+    from types import SimpleNamespace
+
+    from babelclip.training.data import Pair
+
+    encoder, teacher = SimpleNamespace(info=SimpleNamespace(fingerprint="e1")), SimpleNamespace(fingerprint="t1")
+    pairs = [Pair("a cat", "一只猫", "zh")]
+    cache = str(tmp_path / ".cache")
+
+    def ckpt(arch="linear", encoder=encoder, teacher=teacher, pairs=pairs):
+        return host_checkpoint_path(cache, first, "altclip-kd", arch, 3, encoder=encoder, teacher=teacher, pairs=pairs)
+
+    assert os.path.basename(ckpt()).startswith("my_adapter_1-altclip-kd-linear-3-") and ckpt() == ckpt()
+    other_data = [Pair("a dog", "一只狗", "zh")]
+    other_teacher = SimpleNamespace(fingerprint="t2")
+    assert len({ckpt(), ckpt("mlp"), ckpt(pairs=other_data), ckpt(teacher=other_teacher)}) == 4

@@ -113,11 +113,20 @@ def unique_adapter_path(folder: str, name: str) -> str:
     return path
 
 
-def host_checkpoint_path(cache_dir: str, out: str, recipe: str, arch: str, seed: int) -> str:
+def host_checkpoint_path(cache_dir: str, out: str, recipe: str, arch: str, seed: int, *, encoder, teacher,
+                         pairs: Sequence[Pair]) -> str:
     """Where a host keeps the resumable checkpoint of a run writing ``out``: named by the adapter and the settings
-    that shape the run, so that starting the same settings again after a cancel resumes it."""
+    that shape the run, and by a digest of what it learns from (the encoder's and the teacher's fingerprints and
+    the data rows), so that starting the same run again after a cancel resumes it and a run with other data or
+    models under the same name starts afresh."""
+    import hashlib
+    import json
+
+    rows = [[p.en, p.text, p.lang, p.image] for p in pairs]
+    identity = json.dumps([encoder.info.fingerprint, teacher.fingerprint, rows], ensure_ascii=False)
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     stem = os.path.basename(out)[: -len(".safetensors")]
-    return os.path.join(cache_dir, f"{stem}-{recipe}-{arch}-{seed}.ckpt")
+    return os.path.join(cache_dir, f"{stem}-{recipe}-{arch}-{seed}-{digest}.ckpt")
 
 
 def split_for_training(pairs: Sequence[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:

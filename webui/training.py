@@ -129,21 +129,26 @@ def checkpoint_teacher(model):
     skip = int((getattr(shared.opts, "data", {}) or {}).get("CLIP_stop_at_last_layers", 1) or 1)
     if skip > 1 and family.name == "sd1":  # the web UI's "Clip skip" applies to SD1.x text encoding
         teacher.clip_skip = -skip
+    if hasattr(model, "set_clip_skip"):  # Forge applies the setting when a generation starts: apply it now
+        model.set_clip_skip(skip)
     return teacher
 
 
 @torch.no_grad()
 def teacher_agreement(model, teacher) -> float:
-    """The least per-token cosine between ``teacher`` and the web UI's own conditioning of :data:`PROBE`."""
+    """The least cosine between ``teacher`` and the web UI's own conditioning of :data:`PROBE`, per token and per
+    tower (so that a wide tower cannot hide a narrow one), and of the pooled vector where the web UI returns it."""
+    family = teacher.family
     ours = teacher.encode([PROBE])
     theirs = type(model).get_learned_conditioning(model, [PROBE])  # the class's method: never BabelCLIP's hook
     cond = theirs["crossattn"] if isinstance(theirs, dict) else theirs
-    cond = cond[:, : teacher.family.context_tokens].float().cpu()
-    cos = torch.nn.functional.cosine_similarity(ours.cond, cond, dim=-1)
+    cond = cond[:, : family.context_tokens].float().cpu()
+    cosines = [torch.nn.functional.cosine_similarity(a, b, dim=-1).flatten()
+               for a, b in zip(ours.cond.split(family.parts, -1), cond.split(family.parts, -1))]
     if isinstance(theirs, dict):  # SDXL: the pooled part of the vector
-        pooled = theirs["vector"][:, : teacher.family.pooled_dim].float().cpu()
-        cos = torch.cat([cos.flatten(), torch.nn.functional.cosine_similarity(ours.pooled, pooled, dim=-1)])
-    return float(cos.min())
+        pooled = theirs["vector"][:, : family.pooled_dim].float().cpu()
+        cosines.append(torch.nn.functional.cosine_similarity(ours.pooled, pooled, dim=-1))
+    return float(torch.cat(cosines).min())
 
 
 # ------------------------------------------------------------------------------------------------- a run
@@ -198,12 +203,14 @@ def train(request: TrainRequest, on_log=None) -> dict:
                 raise UnsupportedModelError(
                     f"The text encoder in {os.path.basename(teacher.source)} gives different conditioning from the "
                     f"web UI's loaded model (least token cosine {agreement:.3f} < {MIN_AGREEMENT}): an adapter "
-                    f"distilled from the file would not imitate what the web UI generates with. Reload the checkpoint "
-                    f"(Settings: Clip skip 1 for SD2.x/SDXL) and train again.")
+                    f"distilled from the file would not imitate what the web UI generates with. A LoRA left applied "
+                    f"by the last generation or an in-memory merge does that: generate once without LoRAs (or "
+                    f"reload the checkpoint) and train again; for SD2.x / SDXL also set Clip skip to 1.")
             encoder = runtime._kept("encoder", (enc_path, False), lambda: load_encoder(enc_path))
             out = unique_adapter_path(runtime.adapter_dir(), request.adapter_name)
             cache = os.path.join(runtime.adapter_dir(), ".cache")
-            checkpoint = host_checkpoint_path(cache, out, request.recipe, request.arch, request.seed)
+            checkpoint = host_checkpoint_path(cache, out, request.recipe, request.arch, request.seed,
+                                              encoder=encoder, teacher=teacher, pairs=pairs)
             device = devices.device if isinstance(devices.device, torch.device) else torch.device(devices.device)
             config = TrainConfig(steps=request.steps, lr=request.learning_rate, batch_size=request.batch_size,
                                  seed=request.seed, device="cpu" if device.type == "cpu" else str(device))
@@ -213,6 +220,9 @@ def train(request: TrainRequest, on_log=None) -> dict:
                                              log=on_log or log.info))
         finally:
             shared.state.end()
+            # as the web UI's own calls leave it: no interrupt pending, no stale progress
+            shared.state.interrupted, shared.state.textinfo = False, None
+            shared.state.sampling_step = shared.state.sampling_steps = 0
     name = os.path.relpath(out, runtime.adapter_dir()).replace(os.sep, "/")
     answer = {"adapter": None if result.stopped else name, "stopped": result.stopped, "stage": result.stage,
               "step": result.train.step if result.train else 0, "steps": request.steps,
@@ -223,10 +233,10 @@ def train(request: TrainRequest, on_log=None) -> dict:
     if result.report:
         answer["report"] = report_markdown(result.report)
         answer["metrics"] = result.report["average"]
-        answer["chart"] = out[: -len(".safetensors")] + ".eval.png"
+        answer["chart"] = name[: -len(".safetensors")] + ".eval.png"  # in models/babelclip
     if result.stopped:
         answer["message"] = (f"interrupted at step {answer['step']} of {request.steps}; start the same settings again "
-                             f"to resume from {checkpoint}" if result.stage == "training" else
+                             f"to resume there" if result.stage == "training" else
                              "interrupted while caching features (kept); start the same settings again to go on")
     return answer
 
@@ -265,8 +275,10 @@ def ui_tab():
     from modules import shared
 
     def run(encoder, data_file, prompts, recipe, arch, steps, lr, batch, seed, name):
-        request = TrainRequest(encoder or "", prompts or "", data_file or None, recipe, arch, int(steps), float(lr),
-                               int(batch), int(seed), name or "my-adapter")
+        defaults = TrainRequest()
+        request = TrainRequest(encoder or "", prompts or "", getattr(data_file, "name", data_file) or None, recipe,
+                               arch, int(steps or defaults.steps), float(lr or defaults.learning_rate),
+                               int(batch or defaults.batch_size), int(seed or 0), name or defaults.adapter_name)
         for text, answer, error in _train_in_background(request):
             if error is not None:
                 raise gr.Error(f"{type(error).__name__}: {error}")
@@ -275,7 +287,8 @@ def ui_tab():
             else:
                 done = answer.get("message") or f"saved models/babelclip/{answer['adapter']}: pick it in the BabelCLIP " \
                                                 f"section of txt2img / img2img (Refresh)."
-                yield f"{text}\n{done}", answer.get("report", ""), answer.get("chart")
+                chart = answer.get("chart")
+                yield f"{text}\n{done}", answer.get("report", ""), chart and os.path.join(runtime.adapter_dir(), chart)
 
     with gr.Blocks(analytics_enabled=False) as tab:
         with gr.Row():
@@ -285,7 +298,8 @@ def ui_tab():
                                           info="The frozen multilingual encoder the adapter reads.")
                     refresh = gr.Button("Refresh", size="sm")
                 data_file = gr.File(label="Data file: TSV / CSV / JSONL (en, text[, lang]) or .txt (English)",
-                                    file_types=[".tsv", ".csv", ".jsonl", ".txt"], type="filepath")
+                                    file_types=[".tsv", ".csv", ".jsonl", ".txt"],
+                                    type="filepath" if int(gr.__version__.split(".")[0]) >= 4 else "file")
                 prompts = gr.Textbox(lines=6, label="Or prompts, one per line",
                                      placeholder="a cat on a windowsill<TAB>一只猫坐在窗台上<TAB>zh")
                 with gr.Row():
@@ -317,7 +331,8 @@ def ui_tab():
 
 def add_api_routes(_demo, app) -> None:
     """``POST /babelclip/v1/train`` (a :class:`TrainRequest` as JSON) and ``GET /babelclip/v1/models``
-    (``script_callbacks.on_app_started``). Typed BabelCLIP errors answer 400 with the message."""
+    (``script_callbacks.on_app_started``), when the web UI serves its API (``--api``), behind its ``--api-auth``
+    when set. Typed BabelCLIP errors answer 400 with the message."""
     from fastapi import HTTPException
     from pydantic import create_model
 
@@ -340,5 +355,30 @@ def add_api_routes(_demo, app) -> None:
         return {"encoders": runtime.list_encoders(), "adapters": runtime.list_adapters(),
                 "recipes": list(TEXT_RECIPES), "architectures": sorted(trainable_architectures())}
 
-    app.add_api_route("/babelclip/v1/train", train_route, methods=["POST"])
-    app.add_api_route("/babelclip/v1/models", models_route, methods=["GET"])
+    from modules import shared
+
+    opts = shared.cmd_opts
+    if not (getattr(opts, "api", False) or getattr(opts, "nowebui", False)):
+        return  # like the web UI's own API: only with --api
+    dependencies = [_api_auth(opts.api_auth)] if getattr(opts, "api_auth", None) else []
+    app.add_api_route("/babelclip/v1/train", train_route, methods=["POST"], dependencies=dependencies)
+    app.add_api_route("/babelclip/v1/models", models_route, methods=["GET"], dependencies=dependencies)
+
+
+def _api_auth(api_auth: str):
+    """HTTP basic auth against the web UI's ``--api-auth user:password[,user2:password2]``, as its own API checks."""
+    import secrets
+
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+    users = dict(entry.split(":", 1) for entry in api_auth.split(",") if ":" in entry)
+
+    def check(credentials: HTTPBasicCredentials = Depends(HTTPBasic())):  # noqa: B008  (FastAPI's idiom)
+        expected = users.get(credentials.username)
+        if expected is None or not secrets.compare_digest(credentials.password, expected):
+            raise HTTPException(status_code=401, detail="Incorrect username or password",
+                                headers={"WWW-Authenticate": "Basic"})
+        return True
+
+    return Depends(check)

@@ -402,6 +402,8 @@ class WebUIServer:
                 self.get("/sdapi/v1/samplers", timeout=5)
                 return
             except WebUIError as e:  # with the UI, gradio serves before the web UI adds its API routes
+                if e.status == 401:  # --api-auth: the API answers
+                    return
                 if e.status != 404:
                     raise
                 time.sleep(0.5)

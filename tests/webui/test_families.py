@@ -57,6 +57,14 @@ def test_training_distills_the_loaded_towers(family_server):
     answer = server.post("/babelclip/v1/train", {"encoder": "tiny-xlmr", "prompts": _pairs(24), "steps": 10,
                                                  "batch_size": 8, "adapter_name": f"trained-{family}"})
     assert answer["teacher"]["family"] == family and answer["teacher"]["agreement"] >= 0.99, answer["teacher"]
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(server.data_dir / "models" / "babelclip" / answer["adapter"]), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["babelclip.teacher"])["fingerprint"] == answer["teacher"]["fingerprint"]
+    assert json.loads(meta["babelclip.teacher"])["family"] == family
     off = server.images(server.txt2img({"prompt": PROMPT, "steps": 2}))[0]
     on = server.images(server.txt2img({"prompt": PROMPT, "steps": 2, **_on(answer["adapter"])}))[0]
     assert (on != off).any()

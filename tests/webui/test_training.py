@@ -108,6 +108,9 @@ def test_interrupt_keeps_the_step_and_the_same_settings_resume_there(server):
     assert 20 <= first["step"] < 200_000 and "resume" in first["message"]
     second = interrupt_during_training()
     assert second["stopped"] and second["resumed_from"] == first["step"] and second["step"] > first["step"]
+    settings["prompts"] = _pairs(14)  # the same name with other data: a fresh run, not the old one's weights
+    third = interrupt_during_training()
+    assert third["stopped"] and third["resumed_from"] == 0
     assert not (server.data_dir / "models" / "babelclip" / "long.safetensors").exists()
 
 
@@ -126,11 +129,11 @@ def test_bad_requests_answer_400_with_babelclips_message_and_the_server_goes_on(
 
 TAB_CLIENT = r"""
 import json, sys
-from gradio_client import Client
-url, encoder, prompts = sys.argv[1:4]
+from gradio_client import Client, handle_file
+url, encoder, data = sys.argv[1:4]
 client = Client(url, verbose=False)
-status, report, chart = client.predict(encoder, None, prompts, "altclip-kd", "linear", 30, 0.001, 8, 0, "from-tab",
-                                       api_name="/babelclip_train")
+status, report, chart = client.predict(encoder, handle_file(data), "", "altclip-kd", "linear", 30, 0.001, 8, 0,
+                                       "from-tab", api_name="/babelclip_train")
 print(json.dumps({"status": status, "report": report, "chart": chart}))
 """
 
@@ -149,7 +152,9 @@ def test_the_tab_trains_through_the_web_uis_own_queue(kind, webui_factory, encod
     assert any(c["type"] == "tabitem" and c["props"].get("label") == "BabelCLIP" for c in config["components"])
     script = tmp_path / "tab_client.py"
     script.write_text(TAB_CLIENT)
-    out = subprocess.run([str(server.python), str(script), server.url, "tiny-xlmr", _pairs(40)],
+    data = tmp_path / "pairs.tsv"  # uploaded as the browser would
+    data.write_text("en\ttext\tlang\n" + _pairs(40) + "\n", encoding="utf-8")
+    out = subprocess.run([str(server.python), str(script), server.url, "tiny-xlmr", str(data)],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:] + server.log_tail()
     answer = json.loads(out.stdout.strip().splitlines()[-1])
@@ -157,3 +162,35 @@ def test_the_tab_trains_through_the_web_uis_own_queue(kind, webui_factory, encod
     assert "| **average** |" in answer["report"] and answer["chart"]
     assert (server.data_dir / "models" / "babelclip" / "from-tab.safetensors").is_file()
     assert server.txt2img({"prompt": PROMPT, **_on("from-tab.safetensors")})["images"]
+
+
+def test_clip_skip_is_the_web_uis_and_the_teacher_follows_it(server):
+    server.post("/sdapi/v1/options", {"CLIP_stop_at_last_layers": 2})
+    try:
+        answer = server.post("/babelclip/v1/train", _request(steps=5, adapter_name="skip2", prompts=_pairs(8)))
+    finally:
+        server.post("/sdapi/v1/options", {"CLIP_stop_at_last_layers": 1})
+    assert answer["teacher"]["clip_skip"] == -2 and answer["teacher"]["agreement"] >= 0.99, answer["teacher"]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_training_api_honours_the_web_uis_api_auth(kind, webui_factory):
+    import base64
+    import urllib.error
+    import urllib.request
+
+    server = webui_factory(kind, extra_args=["--api-auth", "babel:secret"])
+
+    def status(path: str, auth: str | None) -> int:
+        req = urllib.request.Request(server.url + path)
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert status("/babelclip/v1/models", None) == 401
+    assert status("/babelclip/v1/models", "babel:wrong") == 401
+    assert status("/babelclip/v1/models", "babel:secret") == 200
