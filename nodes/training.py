@@ -18,7 +18,8 @@ from ..training.data import dedup, pairs_from_text, read_pairs
 from ..training.evaluation import evaluate_adapter, report_markdown
 from ..training.features import prepare_text_features, teacher_layout_for
 from ..training.pipeline import Hooks, TrainJob, host_checkpoint_path, run_pipeline, unique_adapter_path
-from ..training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, list_recipes, recipe_help, training_recipe
+from ..training.recipes import (DEFAULT_ARCH, DEFAULT_RECIPE, list_recipes, recipe_help, text_recipe_names,
+                                training_recipe)
 from ..training.trainer import TrainConfig
 from . import comfy_runtime as runtime, loaded_models
 
@@ -188,7 +189,7 @@ class TrainAdapter:
         pairs = _pairs(data_file, prompts)
         recipe_obj = training_recipe(recipe)
         if recipe_obj.needs_unet and (model is None or vae is None or images is None):
-            text_only = " / ".join(r.name for r in list_recipes() if not r.needs_images)
+            text_only = " / ".join(text_recipe_names())
             raise InvalidDataError(f"Recipe {recipe!r} trains through the UNet: connect model, vae and images "
                                    f"(one image per row), or choose {text_only}.")
         teacher = loaded_models.ComfyClipTeacher(clip)

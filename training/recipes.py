@@ -15,7 +15,7 @@ from .recipe_base import Batch, Recipe
 from .text_recipes import AltClipKD, MClipTriKD, info_nce
 from .unet_recipes import ImageAsPivot, MuLan, Pea
 
-__all__ = ["Batch", "Recipe", "RECIPES", "RecipeInfo", "DEFAULT_RECIPE", "DEFAULT_ARCH", "TRAINING_DEFAULTS", "list_recipes", "get_recipe", "training_recipe",
+__all__ = ["Batch", "Recipe", "RECIPES", "RecipeInfo", "DEFAULT_RECIPE", "DEFAULT_ARCH", "TRAINING_DEFAULTS", "list_recipes", "text_recipe_names", "get_recipe", "training_recipe",
            "recipe_help",
            "AltClipKD", "MClipTriKD", "Pea", "MuLan", "ImageAsPivot", "info_nce"]
 
@@ -49,6 +49,11 @@ def list_recipes() -> list[RecipeInfo]:
     """Every recipe with what it needs, text recipes first."""
     return [RecipeInfo(cls.name, cls.approach, cls.loss_formula, cls.needs(), cls.needs_images, cls.needs_unet,
                        cls.uses_image_embeddings) for cls in RECIPES.values()]
+
+
+def text_recipe_names() -> list[str]:
+    """The recipes that read text only (no images, no denoiser): what a host trains without its image side."""
+    return [r.name for r in list_recipes() if not r.needs_images]
 
 
 def recipe_help() -> str:

@@ -32,14 +32,14 @@ from ..models.teacher import load_teacher
 from ..training.data import dedup, pairs_from_text, read_pairs
 from ..training.evaluation import report_markdown
 from ..training.pipeline import Hooks, TrainJob, host_checkpoint_path, run_pipeline, unique_adapter_path
-from ..training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, list_recipes, training_recipe
+from ..training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, text_recipe_names, training_recipe
 from ..training.trainer import TrainConfig
 from . import runtime
 
 log = logging.getLogger("babelclip.webui")
 
 #: the recipes the web UI trains: those that read text only (the denoiser recipes need images and the UNet loop)
-TEXT_RECIPES = tuple(r.name for r in list_recipes() if not r.needs_images)
+TEXT_RECIPES = tuple(text_recipe_names())
 PROBE = "a photograph of an astronaut riding a horse on the moon"
 #: the least per-token cosine between the teacher and the web UI's own conditioning of :data:`PROBE`
 MIN_AGREEMENT = 0.99
