@@ -95,10 +95,17 @@ KINDS: dict[str, str] = {
     "altclip": "AltCLIP model folder (BAAI/AltCLIP*, or its text model)",
 }
 
-#: Conditioning widths of families BabelCLIP does not target yet (T5-XXL-sized tokens, their pooled vectors).
-_LATER_FAMILIES = {4096: "SD3 or Flux"}
-_LATER_MESSAGE = ("SD3 and Flux adapters come with BabelCLIP's Flux/SD3 support; this version converts SD1.x, SD2.x "
-                  "and SDXL adapters only.")
+def _t5_families() -> list[TargetFamily]:
+    """The families with a T5 tower (SD3, Flux): BabelCLIP trains adapters for them but converts none yet."""
+    return [f for f in FAMILIES.values() if any(t.kind == "t5" for t in f.towers)]
+
+
+#: Token widths of the peers' adapters for the T5 families (T5-XXL-sized tokens) -> "SD3 or Flux".
+_LATER_FAMILIES = {w: " or ".join(f.short for f in _t5_families() if f.host_width == w)
+                   for w in {f.host_width for f in _t5_families()}}
+_LATER_MESSAGE = ("Converting the peers' Flux/SD3 adapters is not supported yet (their published layouts were not "
+                  "checked against BabelCLIP's); train one with `babelclip train` and the model's text encoders "
+                  "as --teacher instead. This version converts SD1.x, SD2.x and SDXL adapters.")
 _CONVERTED_BY = "babelclip convert"
 
 #: MuLan's encoder: InternVL-14B's text tower (QLLaMA, remote code), which BabelCLIP cannot load.
@@ -264,7 +271,8 @@ def _family_from(cond: int, pooled: int | None, family: str | None, path: str, h
 
 
 def _refuse_later(family: str) -> None:
-    if family.lower().replace(".", "").replace("-", "") in ("sd3", "sd35", "flux", "flux1"):
+    norm = family.lower().replace(".", "").replace("-", "")  # sd3.5 -> sd35, flux.1 -> flux1
+    if any(norm.startswith(f.name) for f in _t5_families()):
         raise UnsupportedModelError(f"--family {family}: {_LATER_MESSAGE}")
 
 

@@ -141,9 +141,21 @@ def family_from_clip_keys(keys, what: str = "the connected CLIP") -> TargetFamil
         f"{', '.join(sorted(towers)) or 'none'}). BabelCLIP supports {supported_names()}.")
 
 
+#: ComfyUI's SD3 text-encoder class; its CLIP-L + CLIP-G without T5 has SDXL's tower names but not its layout.
+SD3_CLIP_CLASS = "SD3ClipModel"
+
+
 def clip_family(clip) -> TargetFamily:
-    """Family of a ComfyUI CLIP object, from its state-dict key prefixes."""
-    return family_from_clip_keys(clip.cond_stage_model.state_dict().keys(), "the CLIP connected to BabelCLIP")
+    """Family of a ComfyUI CLIP object, from its state-dict key prefixes (and class, for SD3 without T5)."""
+    what = "the CLIP connected to BabelCLIP"
+    family = family_from_clip_keys(clip.cond_stage_model.state_dict().keys(), what)
+    classes = {c.__name__ for c in type(clip.cond_stage_model).__mro__}
+    if SD3_CLIP_CLASS in classes and not any(t.kind == "t5" for t in family.towers):
+        raise UnsupportedModelError(
+            f"{what} is SD3's text encoder without T5-XXL (CLIP-L + CLIP-G only), which BabelCLIP does not support: "
+            f"its adapters for SD3 predict the T5 tokens too. Load all three with TripleCLIPLoader (or the "
+            f"checkpoint's CLIP), or leave the clip input unconnected.")
+    return family
 
 
 def clip_encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,6 +163,22 @@ def clip_encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:
     tokens = clip.tokenize(text)
     cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
     return cond, pooled
+
+
+#: ComfyUI's token-dict keys of CLIP towers (each a list of 77-token chunks); T5's key is "t5xxl".
+CLIP_TOKEN_KEYS = ("l", "g", "h")
+
+
+def clip_encode_segments(clip, text: str, family: TargetFamily):
+    """``(cond, pooled, segment lengths)``: the stock encode of ``text`` and, for a family whose conditioning
+    is several segments (SD3: CLIP chunks, then T5), how many tokens each takes (None for one segment)."""
+    tokens = clip.tokenize(text)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    if len(family.segments) == 1:
+        return cond, pooled, None
+    chunks = max(len(tokens[k]) for k in CLIP_TOKEN_KEYS if k in tokens)
+    first = chunks * family.context_tokens
+    return cond, pooled, [first, cond.shape[1] - first]
 
 
 def ready_to_encode(encoder: ManagedEncoder, adapter: AdapterHandle, family: TargetFamily | None):

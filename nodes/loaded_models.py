@@ -32,10 +32,10 @@ class ComfyClipTeacher:
         self.clip_skip = getattr(clip, "layer_idx", None)
 
     def encode(self, texts) -> TeacherOutput:
-        conds, pooleds, context = [], [], self.family.context_tokens
+        conds, pooleds = [], []
         for text in texts:
-            cond, pooled = runtime.clip_encode(self.clip, text)
-            conds.append(cond[:, :context].float().cpu().clone())  # clone: out of inference mode
+            cond, pooled, segments = runtime.clip_encode_segments(self.clip, text, self.family)
+            conds.append(self.family.from_host(cond.float().cpu(), segments).clone())  # clone: out of inference mode
             pooleds.append(pooled.float().cpu().clone())
         return TeacherOutput(torch.cat(conds), torch.cat(pooleds))
 

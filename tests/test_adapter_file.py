@@ -92,7 +92,7 @@ def test_wrong_dims_in_the_connected_encoder(tmp_path, sd1_file, xlmr):
     ({"babelclip.format_version": "one"}, InvalidModelFileError, "format_version"),
     ({"babelclip.arch_config": "{not json"}, InvalidModelFileError, "malformed"),
     ({"babelclip.arch_config": json.dumps({"in_dim": 32})}, InvalidModelFileError, "does not fit"),
-    ({"babelclip.target": json.dumps({"family": "sd3"})}, IncompatibleAdapterError, "sd3"),
+    ({"babelclip.target": json.dumps({"family": "hidream"})}, IncompatibleAdapterError, "hidream"),
     ({"babelclip.target": json.dumps({"family": "sdxl"})}, InvalidModelFileError, "inconsistent"),
 ])
 def test_bad_metadata(tmp_path, sd1_file, meta, error, match):

@@ -140,7 +140,7 @@ def test_pea_sd3_and_flux_adapters_are_refused(tmp_path, xlmr_dir, out, head):
     src = tmp_path / "pea_sd3.bin"
     torch.save(_pea_state(out=out, head=head), src)
     dst = tmp_path / "x.safetensors"
-    with pytest.raises(UnsupportedModelError, match="Flux/SD3 support"):
+    with pytest.raises(UnsupportedModelError, match="Flux/SD3 adapters is not supported"):
         convert("pea", src, dst, encoder=xlmr_dir)
     assert not dst.exists()
     with pytest.raises(UnsupportedModelError, match="Flux/SD3"):

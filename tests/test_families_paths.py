@@ -12,8 +12,8 @@ from babelclip.models.paths import list_files, list_model_folders, resolve_insid
 
 
 def test_unknown_family_name():
-    with pytest.raises(UnsupportedModelError, match="sd1, sd2, sdxl"):
-        get_family("sd3")
+    with pytest.raises(UnsupportedModelError, match="sd1, sd2, sdxl, sd3, flux"):
+        get_family("hidream")
 
 
 @pytest.fixture

@@ -154,7 +154,7 @@ def test_bad_teacher_sources(tmp_path, clip_tokenizer):
     with pytest.raises(InvalidModelFileError, match="unpickles"):
         load_teacher(tmp_path / "x.ckpt", clip_tokenizer)
     save_file({"model.diffusion_model.x": torch.zeros(1)}, str(tmp_path / "unet.safetensors"))
-    with pytest.raises(UnsupportedModelError, match="no SD1.x, SD2.x or SDXL text encoder"):
+    with pytest.raises(UnsupportedModelError, match="no SD1.x, SD2.x, SDXL, SD3 or Flux text encoder"):
         load_teacher(tmp_path / "unet.safetensors", clip_tokenizer)
     _, sd = _hf_clip_l()
     save_file({"cond_stage_model.transformer." + k: v for k, v in sd.items()}, str(tmp_path / "ok.safetensors"))
@@ -162,31 +162,32 @@ def test_bad_teacher_sources(tmp_path, clip_tokenizer):
         load_teacher(tmp_path / "ok.safetensors", tmp_path)
 
 
-def test_sd3_and_flux_files_are_refused_by_name(tmp_path, clip_tokenizer):
-    """An SD3 / Flux single file or diffusers folder is not taken for SDXL / SD1: a typed error names it."""
+def test_denoiser_only_and_unknown_text_encoder_sets_are_refused(tmp_path, clip_tokenizer):
+    """A Flux / SD3 diffusion-model file without text encoders, a diffusers folder or a set of files whose
+    towers are no family: typed errors that name the input and what to pass instead."""
     _, sd = _hf_clip_l()
-    sd3 = tmp_path / "sd3_medium.safetensors"
-    save_file({**{"text_encoders.clip_l.transformer." + k: v for k, v in sd.items()},
-               "model.diffusion_model.joint_blocks.0.x": torch.zeros(1)}, str(sd3))
-    flux = tmp_path / "flux1-dev.safetensors"
-    save_file({"model.diffusion_model.double_blocks.0.x": torch.zeros(1)}, str(flux))
-    for path in (sd3, flux):
-        with pytest.raises(UnsupportedModelError, match="not supported yet: SD3 / Flux") as e:
-            load_teacher(path, clip_tokenizer)
-        assert path.name in str(e.value)
-    for name, pipeline, second in (("sd3-folder", "StableDiffusion3Pipeline", "text_encoder_3"),
-                                   ("flux-folder", "FluxPipeline", None), ("t5-folder", "", None)):
-        folder = tmp_path / name
-        for sub in ("text_encoder", "text_encoder_2", second):
-            if sub:
-                (folder / sub).mkdir(parents=True)
-                save_file(sd, str(folder / sub / "model.safetensors"))
-                model_type = "t5" if sub == "text_encoder_2" and name != "sd3-folder" else "clip_text_model"
-                (folder / sub / "config.json").write_text(json.dumps({"model_type": model_type}))
-        (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
-        with pytest.raises(UnsupportedModelError, match="not supported yet: SD3 / Flux") as e:
-            load_teacher(folder, clip_tokenizer)
-        assert name in str(e.value)
+    for name, key, what in (("flux1-dev.safetensors", "double_blocks.0.img_attn.qkv.weight", "Flux"),
+                            ("sd3.5.safetensors", "model.diffusion_model.joint_blocks.0.x", "SD3")):
+        save_file({key: torch.zeros(1)}, str(tmp_path / name))
+        with pytest.raises(UnsupportedModelError, match=f"{what} diffusion model without text encoders") as e:
+            load_teacher(tmp_path / name, clip_tokenizer)
+        assert name in str(e.value) and "clip_l.safetensors" in str(e.value)
+    folder = tmp_path / "odd-folder"
+    for sub, model_type in (("text_encoder", "clip_text_model"), ("text_encoder_3", "t5")):
+        (folder / sub).mkdir(parents=True)
+        save_file(sd, str(folder / sub / "model.safetensors"))
+        (folder / sub / "config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(InvalidModelFileError, match=r"text_encoder \(clip\), text_encoder_3 \(t5\)"):
+        load_teacher(folder, clip_tokenizer)
+    save_file(sd, str(tmp_path / "a.safetensors"))
+    save_file(sd, str(tmp_path / "b.safetensors"))
+    save_file(sd, str(tmp_path / "c.safetensors"))
+    with pytest.raises(UnsupportedModelError, match="3 CLIP and 0 T5 encoder") as e:
+        load_teacher([tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"],
+                     clip_tokenizer)
+    assert "Flux: clip_l + t5xxl" in str(e.value)
+    with pytest.raises(UnsupportedModelError, match="not a CLIP or T5 text-encoder file"):
+        load_teacher([tmp_path / "a.safetensors", tmp_path / "flux1-dev.safetensors"], clip_tokenizer)
 
 
 def test_a_new_family_is_one_description(tmp_path, clip_tokenizer, monkeypatch):

@@ -1,0 +1,90 @@
+"""Run inside a current ComfyUI (``COMFYUI_PATH``, imported on the CPU): BabelCLIP's Flux / SD3 teachers, the
+ComfyUI CLIP-object teacher and the encode nodes against ComfyUI's own CLIPTextEncode, on tiny random towers of
+the real widths with ComfyUI's own tokenizers. Prints one JSON line of measurements; the test asserts on them.
+
+Usage: python flux_sd3_check.py <work folder>
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(work: str) -> dict:
+    comfy_root = os.environ["COMFYUI_PATH"]
+    sys.path.insert(0, comfy_root)
+    sys.path.insert(0, os.path.dirname(REPO))
+    sys.path.insert(1, REPO)
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+    import comfy.cli_args  # noqa: F401  (parses --cpu before model_management is imported)
+
+    sys.argv = argv
+    import torch
+
+    import comfy.sd
+    import comfy.utils
+    from tests.tiny_towers import COMFY_CONFIGS, build_tiny_towers
+
+    from babelclip.models import FAMILIES
+    from babelclip.models.teacher import load_teacher
+
+    clip_tok = os.path.join(comfy_root, "comfy", "sd1_tokenizer")
+    t5_tok = os.path.join(comfy_root, "comfy", "text_encoders", "t5_tokenizer")
+    # no weights: a teacher encodes English training texts as they are (weights are the encode node's business)
+    prompts = ["a red cat on a sofa", "ein rotes Auto, sehr schnell", "一只红猫", "", "word " * 300]
+    out: dict = {}
+    from comfy.supported_models_base import ClipTarget
+    from comfy.text_encoders import flux, sd3_clip
+
+    targets = {"flux": (flux.FluxTokenizer, flux.flux_clip(dtype_t5=torch.float32)),
+               "sd3": (sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(dtype_t5=torch.float32))}
+    for name, (tokenizer_class, clip_class) in targets.items():
+        family = FAMILIES[name]
+        towers = build_tiny_towers(os.path.join(work, name), name, clip_tokenizer=clip_tok, t5_tokenizer=t5_tok)
+        options = {**{f"{t}_model_config": cfg for t, cfg in COMFY_CONFIGS.items()}, "dtype": torch.float32}
+        with torch.inference_mode():
+            # ComfyUI's own text-encoder classes, as DualCLIPLoader (flux) / TripleCLIPLoader build them; each tiny
+            # tower is loaded into its own part (the stock loaders tell CLIP-G from CLIP-L by its 32 layers)
+            clip = comfy.sd.CLIP(ClipTarget(tokenizer_class, clip_class), model_options=options)
+            for tower in family.towers:
+                missing, _ = getattr(clip.cond_stage_model, tower.name).load_sd(
+                    comfy.utils.load_torch_file(towers["files"][tower.name]))
+                assert not [k for k in missing if "position_ids" not in k and "text_projection" not in k], missing
+        teacher = load_teacher([towers["files"][t.name] for t in family.towers], clip_tok, t5_tok)
+        from babelclip.nodes.loaded_models import ComfyClipTeacher
+        from babelclip.nodes import comfy_runtime
+
+        node_teacher = ComfyClipTeacher(clip)
+        res = {"family_from_clip": comfy_runtime.clip_family(clip).name, "cond_err": 0.0, "pooled_err": 0.0,
+               "node_teacher_err": 0.0, "cond_scale": 0.0}
+        for text in prompts:
+            with torch.inference_mode():
+                cond, pooled = comfy_runtime.clip_encode(clip, text)
+            ours = teacher.encode([text])
+            host, _ = family.to_host(ours.cond)
+            n = host.shape[1]
+            if name == "sd3":  # CLIP part: its first 77-token chunk; T5 part (after every CLIP chunk): its first 77
+                first = len(clip.tokenize(text)["g"]) * 77
+                ref = torch.cat([cond[:, :family.context_tokens], cond[:, first: first + family.context_tokens]], 1)
+            else:
+                ref = cond[:, :n]
+            res["cond_err"] = max(res["cond_err"], float((host - ref.float()).abs().max()))
+            res["cond_scale"] = max(res["cond_scale"], float(ref.float().abs().max()))
+            res["pooled_err"] = max(res["pooled_err"], float((ours.pooled - pooled.float()).abs().max()))
+            node = node_teacher.encode([text])
+            res["node_teacher_err"] = max(res["node_teacher_err"], float((node.cond - ours.cond).abs().max()),
+                                          float((node.pooled - ours.pooled).abs().max()))
+        res["shapes"] = [list(cond.shape), list(pooled.shape)]
+        out[name] = res
+    return out
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(main(sys.argv[1])))
