@@ -1,6 +1,6 @@
 """ComfyUI nodes of BabelCLIP: the one registry of node ids (prefixed, never renamed)."""
 
-from .encode import TextEncode, TextEncodeSDXL
+from .encode import TextEncode, TextEncodeFlux, TextEncodeSDXL
 from .comfy_runtime import register_folders
 from .hub import LoadAdapterHub, LoadEncoderHub
 from .loaders import LoadAdapter, LoadEncoder
@@ -15,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "BabelCLIPLoadAdapterHub": LoadAdapterHub,
     "BabelCLIPTextEncode": TextEncode,
     "BabelCLIPTextEncodeSDXL": TextEncodeSDXL,
+    "BabelCLIPTextEncodeFlux": TextEncodeFlux,
     "BabelCLIPTrainAdapter": TrainAdapter,
     "BabelCLIPEvaluateAdapter": EvaluateAdapter,
     "BabelCLIPSaveAdapter": SaveAdapter,
@@ -27,6 +28,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "BabelCLIPLoadAdapterHub": "BabelCLIP Load Adapter (Hub)",
     "BabelCLIPTextEncode": "BabelCLIP Text Encode",
     "BabelCLIPTextEncodeSDXL": "BabelCLIP Text Encode SDXL",
+    "BabelCLIPTextEncodeFlux": "BabelCLIP Text Encode Flux",
     "BabelCLIPTrainAdapter": "BabelCLIP Train Adapter",
     "BabelCLIPEvaluateAdapter": "BabelCLIP Evaluate Adapter",
     "BabelCLIPSaveAdapter": "BabelCLIP Save Adapter",

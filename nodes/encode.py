@@ -1,4 +1,5 @@
-"""Encode nodes: BabelCLIP Text Encode and BabelCLIP Text Encode SDXL."""
+"""Encode nodes: BabelCLIP Text Encode (SD1.x, SD2.x, SD3, and Flux at its default guidance), BabelCLIP Text
+Encode SDXL and BabelCLIP Text Encode Flux."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 
 from ..errors import IncompatibleAdapterError
 from ..models import FAMILIES, MIX_MODES, encode_prompts, mix_with_clip
+from ..models.adapters import Conditioning
 from . import comfy_runtime as runtime
 
 LAYER_CHOICES = ("from adapter", "last", "penultimate")
@@ -47,12 +49,21 @@ def _inputs(extra: dict | None = None) -> dict:
 
 
 def encode(encoder, adapter, text, clip=None, clip_mix="off", clip_strength=0.5, encoder_layer="from adapter",
-           strict_syntax=False, size_conditioning: bool = False):
-    """Shared body of both encode nodes: returns ``(cond, pooled)`` on ComfyUI's intermediate device.
+           strict_syntax=False, size_conditioning: bool = False, guidance: bool = False):
+    """Shared body of the encode nodes: returns ``(cond, pooled)`` on ComfyUI's intermediate device, laid out as
+    the family's denoiser reads it (SD3: the CLIP part, then the T5 part).
 
-    ``size_conditioning``: the node adds the size embedding, so adapter and CLIP must be of a family that reads it.
+    ``size_conditioning``: the node adds the size embedding, so adapter and CLIP must be of a family that reads it;
+    ``guidance``: the node adds Flux's guidance, likewise.
     """
     family = runtime.clip_family(clip) if clip is not None else None
+    if guidance and (family or adapter.spec.family).guidance is None:
+        fluxes = [f.short for f in FAMILIES.values() if f.guidance is not None]
+        raise IncompatibleAdapterError(
+            f"'BabelCLIP Text Encode Flux' needs a {'/'.join(fluxes)} adapter and model, but adapter "
+            f"{adapter.spec.name!r} is for {adapter.spec.family.label}"
+            + (f" and the connected CLIP is {family.label}" if family else "")
+            + ". Use 'BabelCLIP Text Encode' (or its SDXL version) for other models.")
     if size_conditioning and not (family or adapter.spec.family).size_conditioning:
         sized = [f.short for f in FAMILIES.values() if f.size_conditioning]
         plain = [f.short for f in FAMILIES.values() if not f.size_conditioning]
@@ -68,7 +79,15 @@ def encode(encoder, adapter, text, clip=None, clip_mix="off", clip_strength=0.5,
     layer = None if encoder_layer == "from adapter" else encoder_layer
     result = encode_prompts(encoder.encoder, adapter_module, [text], layer=layer,
                             check_interrupt=runtime.check_interrupt, strict_syntax=bool(strict_syntax))
+    target = family or adapter.spec.family
+    host, mask = target.to_host(result.cond, result.mask)
+    result = Conditioning(host, result.pooled, mask)
     clip_cond = clip_pooled = clip_empty = None
+    if clip_mix == "blend" and len(target.segments) > 1:
+        raise IncompatibleAdapterError(
+            f"clip_mix 'blend' mixes token by token, but {target.label} conditioning is {len(target.segments)} "
+            f"segments (CLIP, then T5) of different lengths: use 'concat' (appends the stock encoding, so trigger "
+            f"words still work) or 'off'.")
     if clip is not None and clip_mix != "off":
         clip_cond, clip_pooled = runtime.clip_encode(clip, text)
         if clip_mix == "blend":
@@ -123,3 +142,28 @@ class TextEncodeSDXL:
         cond, pooled = encode(encoder, adapter, text, size_conditioning=True, **options)
         return ([[cond, {"pooled_output": pooled, "width": width, "height": height, "crop_w": crop_w,
                          "crop_h": crop_h, "target_width": target_width, "target_height": target_height}]],)
+
+
+class TextEncodeFlux:
+    DESCRIPTION = ("Flux version of BabelCLIP Text Encode: T5-XXL-shaped tokens and CLIP-L's pooled vector from the "
+                   "multilingual encoder + a Flux adapter, with the guidance of CLIPTextEncodeFlux. T5-XXL need not "
+                   "be loaded at all.")
+    CATEGORY = "BabelCLIP"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING",)
+    OUTPUT_TOOLTIPS = ("Flux conditioning (tokens, pooled_output, guidance) for KSampler / SamplerCustomAdvanced.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        default = next(f.guidance for f in FAMILIES.values() if f.guidance is not None)
+        inputs = _inputs({"guidance": ("FLOAT", {"default": default, "min": 0.0, "max": 100.0, "step": 0.1,
+                                                 "tooltip": "Distilled guidance of Flux-dev models (as "
+                                                            "CLIPTextEncodeFlux; schnell ignores it)."})})
+        inputs["optional"]["clip"][1]["tooltip"] = (
+            "Optional: the Flux CLIP (DualCLIPLoader type flux). Checks that the adapter fits and enables mixing; "
+            "concat appends T5's own tokens, so trigger words keep working.")
+        return inputs
+
+    def encode(self, encoder, adapter, text, guidance, **options):
+        cond, pooled = encode(encoder, adapter, text, guidance=True, **options)
+        return ([[cond, {"pooled_output": pooled, "guidance": float(guidance)}]],)

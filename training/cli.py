@@ -33,11 +33,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _common(p: argparse.ArgumentParser, *, teacher: bool = True) -> None:
     if teacher:
-        p.add_argument("--teacher", required=True,
-                       help="the checkpoint whose CLIP is distilled: a single-file SD1.x/SD2.x/SDXL .safetensors "
-                            "or a diffusers folder")
+        p.add_argument("--teacher", required=True, nargs="+", metavar="PATH",
+                       help="the checkpoint whose text encoders are distilled: a single-file SD1.x/SD2.x/SDXL/SD3/Flux "
+                            ".safetensors, a diffusers folder, or ComfyUI's text-encoder files together (Flux: "
+                            "clip_l.safetensors t5xxl_fp16.safetensors; SD3: clip_l, clip_g and t5xxl)")
         p.add_argument("--clip-tokenizer", help="folder with CLIP's vocab.json + merges.txt (default: the diffusers "
-                                                "folder's tokenizer/; single-file checkpoints need it)")
+                                                "folder's tokenizer/; single files need it)")
+        p.add_argument("--t5-tokenizer", help="Flux / SD3: folder with T5's tokenizer.json or spiece.model (default: "
+                                              "the diffusers folder's tokenizer_2/ or tokenizer_3/; ComfyUI's is "
+                                              "comfy/text_encoders/t5_tokenizer)")
         p.add_argument("--clip-skip", type=int, default=None,
                        help="the teacher's CLIP layer: -1 last layer, -2 penultimate (default: the layer the "
                             "checkpoint's family is conditioned on)")
@@ -71,7 +75,7 @@ def _load(args):
     layer = _layer(args.layer)
     pairs = dedup(read_pairs(args.data))
     encoder = load_encoder(args.encoder)
-    teacher = load_teacher(args.teacher, args.clip_tokenizer)
+    teacher = load_teacher(_teacher_source(args), args.clip_tokenizer, args.t5_tokenizer)
     teacher.clip_skip = args.clip_skip
     return encoder, teacher, pairs, layer
 
@@ -135,15 +139,15 @@ def _unet_and_latents(args, pairs, text_features):
     from .unet import DiffusersUNet, schedule_from_folder
 
     try:  # safetensors only: a folder with just diffusion_pytorch_model.bin is refused, never unpickled
-        unet = UNet2DConditionModel.from_pretrained(os.path.join(args.teacher, "unet"), local_files_only=True,
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(_teacher_source(args), "unet"), local_files_only=True,
                                                     use_safetensors=True)
-        vae = AutoencoderKL.from_pretrained(os.path.join(args.teacher, "vae"), local_files_only=True,
+        vae = AutoencoderKL.from_pretrained(os.path.join(_teacher_source(args), "vae"), local_files_only=True,
                                             use_safetensors=True)
     except (OSError, ValueError) as e:
         raise BabelClipError(f"Cannot load the UNet/VAE of {args.teacher!r} ({str(e)[:200]}). It needs "
                              f"unet/ and vae/ with config.json and .safetensors weights.") from None
     try:
-        alphas_cumprod, prediction, source = schedule_from_folder(args.teacher, text_features.family.prediction)
+        alphas_cumprod, prediction, source = schedule_from_folder(_teacher_source(args), text_features.family.prediction)
     except (OSError, ValueError) as e:
         raise BabelClipError(f"Cannot read the noise schedule of {args.teacher!r}: {str(e)[:300]}. Use a diffusers "
                              f"folder whose scheduler/scheduler_config.json is intact.") from None
@@ -186,9 +190,21 @@ def _check_device(device: str) -> None:
                                f"this machine; use --device cpu (or auto). BabelCLIP never falls back silently.")
 
 
+def _teachers(args) -> list[str]:
+    """``--teacher`` as a list: one checkpoint or folder, or several of ComfyUI's text-encoder files."""
+    return [args.teacher] if isinstance(args.teacher, str) else list(args.teacher)
+
+
+def _teacher_source(args):
+    """What :func:`~babelclip.models.teacher.load_teacher` takes: the one path, or the list of files."""
+    teachers = _teachers(args)
+    return teachers[0] if len(teachers) == 1 else teachers
+
+
 def _check_unet_teacher(args) -> None:
     """UNet recipes from the CLI read the UNet and VAE of a diffusers folder, with diffusers installed."""
-    if not os.path.isdir(os.path.join(args.teacher, "unet")) or not os.path.isdir(os.path.join(args.teacher, "vae")):
+    folder = _teacher_source(args) if len(_teachers(args)) == 1 else ""
+    if not os.path.isdir(os.path.join(folder, "unet")) or not os.path.isdir(os.path.join(folder, "vae")):
         raise BabelClipError(
             f"Recipe {args.recipe!r} trains through the UNet: from the command line --teacher must be a diffusers "
             f"folder with unet/ and vae/ (a single-file checkpoint's UNet and VAE can only come from a program "
@@ -233,8 +249,9 @@ def check_train_args(args) -> TrainPlan:
         raise IncompatibleAdapterError(f"--arch {args.arch!r} is not an adapter architecture BabelCLIP trains; "
                                        f"choose one of {', '.join(sorted(trainable_architectures()))}.")
     _check_device(args.device)
-    for option, path in (("--teacher", args.teacher), ("--encoder", args.encoder),
-                         ("--clip-tokenizer", args.clip_tokenizer), ("--clip-vision", args.clip_vision)):
+    for option, path in (*(("--teacher", t) for t in _teachers(args)), ("--encoder", args.encoder),
+                         ("--clip-tokenizer", args.clip_tokenizer), ("--t5-tokenizer", args.t5_tokenizer),
+                         ("--clip-vision", args.clip_vision)):
         if path is not None and not os.path.exists(path):
             raise InvalidModelFileError(f"{option} {path!r} does not exist. Check the path (relative paths start in "
                                         f"the current folder).")
@@ -290,9 +307,10 @@ def train_job(args, plan: TrainPlan):
     from .pipeline import TrainJob
 
     encoder = load_encoder(args.encoder)
-    teacher = load_teacher(args.teacher, args.clip_tokenizer)
+    teacher = load_teacher(_teacher_source(args), args.clip_tokenizer, args.t5_tokenizer)
     teacher.clip_skip = args.clip_skip
-    return TrainJob(plan.pairs, encoder, teacher, os.path.basename(teacher.source), plan.recipe, args.arch,
+    name = " + ".join(os.path.basename(p) for p in _teachers(args))
+    return TrainJob(plan.pairs, encoder, teacher, name, plan.recipe, args.arch,
                     plan.config, plan.out, args.cache_dir, layer=plan.layer, val_fraction=args.val_fraction,
                     resume=not args.restart, overwrite=args.overwrite, report_files=True,
                     images=_images_hook(args, plan.recipe, teacher), steady_heap=True)

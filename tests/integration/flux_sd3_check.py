@@ -82,8 +82,99 @@ def main(work: str) -> dict:
             res["node_teacher_err"] = max(res["node_teacher_err"], float((node.cond - ours.cond).abs().max()),
                                           float((node.pooled - ours.pooled).abs().max()))
         res["shapes"] = [list(cond.shape), list(pooled.shape)]
+        res["nodes"] = _nodes(name, clip, work)
         out[name] = res
     return out
+
+
+_MODELS: dict = {}
+
+
+def _setup_models(work: str):
+    """A tiny multilingual encoder in models/text_encoders and random Flux / SD3 adapters in models/babelclip."""
+    if _MODELS:
+        return _MODELS
+    import folder_paths
+    import torch
+
+    from babelclip.models import FAMILIES, build_adapter, load_encoder, save_adapter
+    from babelclip.models.tiny import build_tiny_encoder
+
+    base = os.path.join(work, "models")
+    enc_dir = build_tiny_encoder(os.path.join(base, "text_encoders", "tiny-xlmr"), "xlm-roberta")
+    enc = load_encoder(enc_dir)
+    for fam in ("flux", "sd3"):
+        torch.manual_seed(0)
+        adapter = build_adapter("linear", enc.info.hidden_size, FAMILIES[fam])
+        save_adapter(adapter, os.path.join(base, "babelclip", f"{fam}.safetensors"),
+                     {"encoder": enc.info, "family": fam}, overwrite=True)
+    folder_paths.folder_names_and_paths["text_encoders"] = ([os.path.join(base, "text_encoders")], set())
+    folder_paths.folder_names_and_paths["babelclip"] = ([os.path.join(base, "babelclip")], {".safetensors"})
+    from babelclip import nodes
+
+    _MODELS["nodes"] = nodes
+    return _MODELS
+
+
+def _nodes(name: str, clip, work: str) -> dict:
+    """The encode nodes and the Train node with this family's CLIP, as a queued workflow would call them."""
+    import torch
+
+    from babelclip.errors import BabelClipError
+    from babelclip.models import FAMILIES
+
+    family = FAMILIES[name]
+    n = _setup_models(work)["nodes"].NODE_CLASS_MAPPINGS
+    (encoder,) = n["BabelCLIPLoadEncoder"]().load("tiny-xlmr")
+    (adapter,) = n["BabelCLIPLoadAdapter"]().load(f"{name}.safetensors")
+    other = "sd3" if name == "flux" else "flux"
+    (wrong,) = n["BabelCLIPLoadAdapter"]().load(f"{other}.safetensors")
+    text = "一只红猫坐在沙发上"
+    res: dict = {}
+    with torch.inference_mode():
+        if name == "flux":
+            ((cond, extra),) = n["BabelCLIPTextEncodeFlux"]().encode(encoder, adapter, text, 2.5)[0]
+            ((mixed, _),) = n["BabelCLIPTextEncodeFlux"]().encode(encoder, adapter, text, 2.5, clip=clip,
+                                                                  clip_mix="concat")[0]
+            ((blend, _),) = n["BabelCLIPTextEncodeFlux"]().encode(encoder, adapter, text, 2.5, clip=clip,
+                                                                  clip_mix="blend", clip_strength=0.5)[0]
+            res["blend_shape"] = list(blend.shape)
+        else:
+            ((cond, extra),) = n["BabelCLIPTextEncode"]().encode(encoder, adapter, text)[0]
+            ((mixed, _),) = n["BabelCLIPTextEncode"]().encode(encoder, adapter, text, clip=clip, clip_mix="concat")[0]
+            try:
+                n["BabelCLIPTextEncode"]().encode(encoder, adapter, text, clip=clip, clip_mix="blend")
+            except BabelClipError as e:
+                res["blend_error"] = str(e)
+        stock, _ = __import__("babelclip.nodes.comfy_runtime", fromlist=["x"]).clip_encode(clip, text)
+        for node, args in (("BabelCLIPTextEncode", ()), ("BabelCLIPTextEncodeFlux", (3.5,))):
+            try:
+                n[node]().encode(encoder, wrong, text, *args, clip=clip)
+            except BabelClipError as e:
+                res.setdefault("wrong_adapter_errors", []).append(str(e))
+    tokens = cond.shape[1] // len(family.segments)
+    res.update(cond_shape=list(cond.shape), extra={k: (list(v.shape) if torch.is_tensor(v) else v)
+                                                    for k, v in extra.items()},
+               mixed_tokens=mixed.shape[1], stock_tokens=stock.shape[1], babel_tokens=cond.shape[1],
+               clip_zero_padding=float(cond[:, :tokens, family.segment_widths()[0]:].abs().sum()),
+               finite=bool(torch.isfinite(cond).all()))
+    # the Train node: the CLIP object as teacher, a few altclip-kd steps, an adapter that loads and encodes
+    prompts = "\n".join(f"{a}\t{b}" for a, b in [("a red cat", "eine rote Katze"), ("a blue car", "ein blaues Auto"),
+                                                  ("a green tree", "ein grüner Baum"), ("a dog", "ein Hund")])
+    from babelclip.training.recipes import text_recipe_names
+
+    res["trained"] = {}
+    for recipe in text_recipe_names():
+        with torch.inference_mode(False):
+            out = n["BabelCLIPTrainAdapter"]().train(clip, encoder, recipe, "linear", "(use the text box)", prompts, 3, 1e-3,
+                                                     2, 0, f"{name}-{recipe}")
+        handle = out["result"][0]
+        with torch.inference_mode():
+            node = "BabelCLIPTextEncodeFlux" if name == "flux" else "BabelCLIPTextEncode"
+            args = (1.0,) if name == "flux" else ()
+            ((c, _),) = n[node]().encode(encoder, handle, "ein Hund", *args)[0]
+        res["trained"][recipe] = {"family": handle.spec.family.name, "shape": list(c.shape)}
+    return res
 
 
 if __name__ == "__main__":

@@ -51,3 +51,38 @@ def test_comfyui_shapes_are_the_ones_the_families_describe(measured):
     assert cond[1] > flux.context_tokens and cond[2] == flux.host_width and pooled[1] == flux.pooled_dim
     (cond, pooled) = measured["sd3"]["shapes"]
     assert cond[2] == sd3.host_width and pooled[1] == sd3.pooled_dim
+
+
+def test_encode_nodes_give_the_denoisers_layout(measured):
+    """Text Encode Flux: T5-shaped tokens, pooled CLIP-L width, the guidance; SD3 through Text Encode: the CLIP
+    part zero-padded to 4096, then as many T5 tokens; concat appends the stock encoding; SD3 refuses blend."""
+    from babelclip.models import FAMILIES
+
+    flux, sd3 = measured["flux"]["nodes"], measured["sd3"]["nodes"]
+    assert flux["cond_shape"][2] == FAMILIES["flux"].host_width and flux["finite"]
+    assert flux["extra"] == {"pooled_output": [1, FAMILIES["flux"].pooled_dim], "guidance": 2.5}
+    assert flux["mixed_tokens"] == flux["babel_tokens"] + flux["stock_tokens"]
+    assert flux["blend_shape"][1] % FAMILIES["flux"].context_tokens == 0
+    assert sd3["cond_shape"][1] % 2 == 0 and sd3["cond_shape"][2] == FAMILIES["sd3"].host_width and sd3["finite"]
+    assert sd3["clip_zero_padding"] == 0.0
+    assert sd3["extra"] == {"pooled_output": [1, FAMILIES["sd3"].pooled_dim]}
+    assert sd3["mixed_tokens"] == sd3["babel_tokens"] + sd3["stock_tokens"]
+    assert "use 'concat'" in sd3["blend_error"]
+
+
+def test_an_adapter_of_the_other_family_is_refused_by_name(measured):
+    (flux_err, flux_node_err) = measured["flux"]["nodes"]["wrong_adapter_errors"]
+    assert "made for SD3" in flux_err and "connected CLIP is Flux" in flux_err
+    (sd3_err, sd3_flux_node_err) = measured["sd3"]["nodes"]["wrong_adapter_errors"]
+    assert "made for Flux" in sd3_err and "connected CLIP is SD3" in sd3_err
+    assert "'BabelCLIP Text Encode Flux' needs a Flux adapter" in sd3_flux_node_err
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_train_node_distills_the_loaded_clip(measured, family):
+    """altclip-kd and mclip-trikd train from the Train node with this family's CLIP object as teacher; the saved
+    adapter is of that family and encodes."""
+    trained = measured[family]["nodes"]["trained"]
+    assert set(trained) == {"altclip-kd", "mclip-trikd"}
+    for result in trained.values():
+        assert result["family"] == family and result["shape"][2] == 4096
