@@ -5,7 +5,6 @@ encodes into the layout the denoiser reads; the teacher cache stays small."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch

@@ -36,6 +36,7 @@ ROOM = 20  # free space required between any two node boxes
 MULTILINE = {
     "BabelCLIPTextEncode": {0},
     "BabelCLIPTextEncodeSDXL": {0},
+    "BabelCLIPTextEncodeFlux": {0},
     "BabelCLIPTrainAdapter": {3},
     "BabelCLIPEvaluateAdapter": {1},
     "CLIPTextEncode": {0},
@@ -83,9 +84,10 @@ def overlapping_pairs(workflow: dict, room: float = ROOM) -> list[tuple[str, str
             if overlaps(box(a), box(b), room)]
 
 
-def test_there_are_examples_for_sd15_sdxl_and_training_in_the_graph():
+def test_there_are_examples_for_every_family_and_training_in_the_graph():
     names = {f.stem for f in FILES}
-    assert any("sd15" in n for n in names) and any("sdxl" in n for n in names), names
+    for family in ("sd15", "sdxl", "flux", "sd3"):
+        assert any(family in n for n in names), (family, names)
     assert any("train" in n for n in names), names
 
 
@@ -156,3 +158,17 @@ def test_the_train_example_needs_no_adapter_file():
     adapter_links = {i["link"] for n in encodes for i in n["inputs"] if i["name"] == "adapter"}
     sources = {link[1] for link in wf["links"] if link[0] in adapter_links}
     assert len(encodes) == 2 and sources == {train["id"]}
+
+
+@pytest.mark.parametrize("name", ["babelclip_flux_any_language", "babelclip_sd3_any_language"])
+def test_flux_and_sd3_examples_load_no_text_encoder(name):
+    """The point of BabelCLIP on Flux / SD3: no T5-XXL (nor any CLIP loader) in the graph; BabelCLIP's encode
+    node feeds the sampler."""
+    wf = load(FOLDER / f"{name}.json")
+    types = {n["type"] for n in wf["nodes"]}
+    assert not types & {"CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "CLIPTextEncode", "CLIPTextEncodeFlux"}
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    sampler = next(n for n in nodes.values() if n["type"] == "KSampler")
+    positive = next(i["link"] for i in sampler["inputs"] if i["name"] == "positive")
+    (source,) = [nodes[link[1]]["type"] for link in wf["links"] if link[0] == positive]
+    assert source == ("BabelCLIPTextEncodeFlux" if "flux" in name else "BabelCLIPTextEncode")
