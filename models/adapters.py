@@ -7,16 +7,17 @@ mask) to conditioning tokens ``[B, T', cond_dim]`` and a pooled vector
 ``[B, pooled_dim]``, where the widths come from the target family.
 
 Parameter counts at XLM-R-large input (``in_dim=1024``), default settings,
-checked by ``tests/test_adapters.py``:
+checked by ``tests/test_adapters.py`` (SD3's tokens are CLIP-L‖G and T5 side by side, 6,144 wide; Flux's are
+T5's, 4,096 wide; the resampler emits each family's context: 77 tokens per segment, 256 for Flux):
 
-==============  ===========================================  ===========  ===========
-arch            approach it reproduces                        SD1.5        SDXL
-==============  ===========================================  ===========  ===========
-``linear``      Multilingual-CLIP projection                  1,574,400    3,411,200
-``mlp``         PEA-Diffusion MLP adapter                     3,475,456    6,817,792
-``bottleneck``  residual bottleneck adapter (r=64)            1,476,928    4,986,176
-``resampler``   MuLan / mCLIP projector (77 learned queries)  11,480,832   12,858,880
-==============  ===========================================  ===========  ===========
+==============  ===========================================  ===========  ===========  ===========  ===========
+arch            approach it reproduces                        SD1.5        SDXL         SD3          Flux
+==============  ===========================================  ===========  ===========  ===========  ===========
+``linear``      Multilingual-CLIP projection                  1,574,400    3,411,200    8,396,800    4,985,600
+``mlp``         PEA-Diffusion MLP adapter                     3,475,456    6,817,792    20,973,568   9,439,232
+``bottleneck``  residual bottleneck adapter (r=64)            1,476,928    4,986,176    19,675,200   7,873,344
+``resampler``   MuLan / mCLIP projector (learned queries)     11,480,832   12,858,880   16,599,296   14,177,536
+==============  ===========================================  ===========  ===========  ===========  ===========
 
 Options that let :mod:`babelclip.models.convert` reproduce the peers' published adapters exactly:
 ``linear`` with ``pool="first"`` (AltCLIP's pooled vector from the first, CLS, token); ``mlp`` with

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import re
 
 import pytest
@@ -23,14 +24,22 @@ def test_registry_holds_the_four_architectures_with_their_approach():
 
 
 def test_documented_parameter_counts_match_the_code():
-    """The table in the module docstring (XLM-R-large input, SD1.5 and SDXL) is what the code builds."""
-    rows = re.findall(r"``(\w+)``\s+.+?\s+([\d,]+)\s+([\d,]+)\s*$", adapters_mod.__doc__, flags=re.M)
-    documented = {name: (int(a.replace(",", "")), int(b.replace(",", ""))) for name, a, b in rows}
+    """The table in the module docstring (XLM-R-large input, SD1.5, SDXL, SD3, Flux) is what the code builds, and
+    the README's table says the same in millions and fp16 megabytes."""
+    rows = re.findall(r"``(\w+)``\s+.+?\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s*$", adapters_mod.__doc__,
+                      flags=re.M)
+    documented = {name: tuple(int(x.replace(",", "")) for x in counts) for name, *counts in rows}
     assert set(documented) == set(ARCHS)
-    for name, (sd15, sdxl) in documented.items():
-        got = tuple(build_adapter(name, 1024, FAMILIES[f], device="meta").num_parameters() for f in ("sd1", "sdxl"))
-        assert got == (sd15, sdxl), name
+    for name, counts in documented.items():
+        got = tuple(build_adapter(name, 1024, FAMILIES[f], device="meta").num_parameters()
+                    for f in ("sd1", "sdxl", "sd3", "flux"))
+        assert got == counts, name
     assert documented["mlp"][0] <= 10_000_000  # PEA-size adapter stays small
+    assert documented["mlp"][3] * 2 <= 112_000_000  # Flux mlp in fp16: at most PEA-Diffusion's Flux adapter (112 MB)
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for name, counts in documented.items():
+        cells = " / ".join(f"{c / 1e6:.2f}M ({c * 2 / 1e6:.1f} MB)" for c in counts)
+        assert f"| `{name}` |" in readme and cells in readme, (name, cells)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -135,4 +135,4 @@ def test_example_workflows_are_valid_ui_json():
             assert src in ids and dst in ids, (f.name, link)
         types = {n["type"] for n in wf["nodes"]}
         assert "BabelCLIPLoadEncoder" in types and types & {"BabelCLIPLoadAdapter", "BabelCLIPTrainAdapter"}
-        assert types & {"BabelCLIPTextEncode", "BabelCLIPTextEncodeSDXL"}
+        assert types & {"BabelCLIPTextEncode", "BabelCLIPTextEncodeSDXL", "BabelCLIPTextEncodeFlux"}
