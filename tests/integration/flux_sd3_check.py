@@ -84,6 +84,39 @@ def main(work: str) -> dict:
         res["shapes"] = [list(cond.shape), list(pooled.shape)]
         res["nodes"] = _nodes(name, clip, work)
         out[name] = res
+    out["unsupported"] = _unsupported_variants(towers)
+    return out
+
+
+def _unsupported_variants(towers) -> dict:
+    """SD3's text encoder without T5 (DualCLIPLoader type sd3 with CLIP-L + CLIP-G) and T5 alone (CLIPLoader
+    type sd3 with a T5 file): ComfyUI's own SD3 class with the towers it would load; the error each gets."""
+    import torch
+
+    import comfy.sd
+    import comfy.utils
+    from comfy.supported_models_base import ClipTarget
+    from comfy.text_encoders import sd3_clip
+    from tests.tiny_towers import COMFY_CONFIGS
+
+    from babelclip.errors import BabelClipError
+    from babelclip.nodes import comfy_runtime
+
+    out = {}
+    for label, kinds in (("sd3_without_t5", {"clip_l": True, "clip_g": True, "t5": False}),
+                         ("t5_only", {"clip_l": False, "clip_g": False, "t5": True})):
+        options = {**{f"{t}_model_config": c for t, c in COMFY_CONFIGS.items()}, "dtype": torch.float32}
+        with torch.inference_mode():
+            clip = comfy.sd.CLIP(ClipTarget(sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(dtype_t5=torch.float32, **kinds)),
+                                 model_options=options)
+            for name in ("clip_l", "clip_g", "t5xxl"):
+                part = getattr(clip.cond_stage_model, name, None)
+                if part is not None:
+                    part.load_sd(comfy.utils.load_torch_file(towers["files"][name]))
+        try:
+            out[label] = "detected as " + comfy_runtime.clip_family(clip).name
+        except BabelClipError as e:
+            out[label] = f"{type(e).__name__}: {e}"
     return out
 
 

@@ -86,3 +86,11 @@ def test_train_node_distills_the_loaded_clip(measured, family):
     assert set(trained) == {"altclip-kd", "mclip-trikd"}
     for result in trained.values():
         assert result["family"] == family and result["shape"][2] == 4096
+
+
+def test_variants_without_every_tower_are_refused_by_name(measured):
+    """SD3 with CLIP-L + CLIP-G only has SDXL's tower names: it is told apart by ComfyUI's SD3 class and refused
+    (its adapters predict T5 tokens too); T5 alone is no family BabelCLIP targets."""
+    no_t5, t5_only = measured["unsupported"]["sd3_without_t5"], measured["unsupported"]["t5_only"]
+    assert no_t5.startswith("UnsupportedModelError") and "without T5-XXL" in no_t5 and "TripleCLIPLoader" in no_t5
+    assert t5_only.startswith("UnsupportedModelError") and "T5-only" in t5_only
