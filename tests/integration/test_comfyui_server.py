@@ -8,7 +8,8 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-NODE_IDS = ("BabelCLIPLoadEncoder", "BabelCLIPLoadAdapter", "BabelCLIPTextEncode", "BabelCLIPTextEncodeSDXL")
+NODE_IDS = ("BabelCLIPLoadEncoder", "BabelCLIPLoadAdapter", "BabelCLIPTextEncode", "BabelCLIPTextEncodeSDXL",
+            "BabelCLIPTextEncodeFlux")
 
 
 def graph(adapter: str, text: str, *, seed: int, prefix: str, encode_node: str = "BabelCLIPTextEncode",
@@ -58,7 +59,7 @@ def test_object_info_lists_every_node_with_tooltips(comfy):
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     ours = {node_id: spec for node_id, spec in info.items() if node_id.startswith("BabelCLIP")}
-    assert len(ours) == 9, sorted(ours)
+    assert len(ours) == 10, sorted(ours)
     for node_id, spec in ours.items():  # the README's Nodes table names every node the server offers
         assert f"| **{spec['display_name']}** (`{node_id}`) |" in readme, f"{node_id} missing from the README"
         for section in ("required", "optional"):

@@ -55,11 +55,18 @@ def to_api(workflow: dict, info: dict) -> dict:
     return prompt
 
 
+#: Examples for families newer than the 2024-03 ComfyUI of the default run (its UNETLoader has no weight_dtype
+#: and it cannot load them); they are checked against COMFYUI_PATH's ComfyUI (and queued in test_server_flux_sd3).
+NEWER_FAMILIES = ("flux", "sd3")
+
+
 def test_example_workflows_match_the_servers_nodes(comfy):
     """Every node of the shipped UI workflows exists, and its widget values line up with the server's widgets."""
     info = comfy.get("/object_info")
     assert len(FILES) >= 3
     for f in FILES:
+        if comfy.label.startswith("comfyui-2024-03") and any(fam in f.stem for fam in NEWER_FAMILIES):
+            continue
         wf = json.loads(f.read_text(encoding="utf-8"))
         for node in wf["nodes"]:
             assert node["type"] in info or node["type"] in FRONTEND_ONLY, \
