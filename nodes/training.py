@@ -225,7 +225,7 @@ def _images_hook(recipe, pairs, teacher, model, vae, images, clip_vision):
         rows = [index[id(p)] for p in train_pairs]
         if not use_vision:
             latents = loaded_models.encode_images(vae, model, images)[rows]
-            return loaded_models.ComfyUNet(model), _WithImages(data, latents=latents)
+            return loaded_models.ComfyUNet(model, teacher.family), _WithImages(data, latents=latents)
         embeds = clip_vision.encode_image(images).image_embeds.float().cpu().clone()
         if embeds.shape[-1] != teacher.family.pooled_dim:
             raise InvalidDataError(

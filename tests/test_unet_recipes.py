@@ -147,3 +147,29 @@ def test_the_schedule_and_prediction_come_from_the_pipelines_scheduler_config(tm
     DDPMScheduler(prediction_type="sample").save_pretrained(tmp_path / "scheduler")
     with pytest.raises(ValueError, match="prediction_type 'sample' is not supported"):
         schedule_from_folder(str(tmp_path), "eps")
+
+
+def test_flow_models_get_the_rectified_flow_noising_and_target():
+    """SD3 / Flux (prediction "flow"): x_s = (1 - s) x_0 + s eps with s in [0.001, 1], target eps - x_0; the
+    discrete path is unchanged (timesteps index the schedule)."""
+    from types import SimpleNamespace
+
+    from babelclip.training.unet import sd_alphas_cumprod, training_noise
+
+    latents = torch.randn(64, 4, 2, 2)
+    torch.manual_seed(0)
+    x, target, s = training_noise(latents, SimpleNamespace(prediction="flow", alphas_cumprod=None))
+    torch.manual_seed(0)
+    eps = torch.randn_like(latents)
+    assert s.shape == (64,) and float(s.min()) >= 1e-3 and float(s.max()) <= 1 and s.std() > 0.1
+    s4 = s.view(-1, 1, 1, 1)
+    torch.testing.assert_close(x, (1 - s4) * latents + s4 * eps)
+    torch.testing.assert_close(target, eps - latents)
+    torch.manual_seed(1)
+    x, target, t = training_noise(latents, SimpleNamespace(prediction="eps", alphas_cumprod=sd_alphas_cumprod()))
+    torch.manual_seed(1)
+    eps = torch.randn_like(latents)
+    a = sd_alphas_cumprod()[t].view(-1, 1, 1, 1)
+    assert t.dtype == torch.int64 and int(t.max()) < 1000
+    torch.testing.assert_close(target, eps)  # eps-prediction: the noise drawn
+    torch.testing.assert_close(x, a.sqrt() * latents + (1 - a).sqrt() * eps)

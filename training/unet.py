@@ -17,10 +17,14 @@ from torch import nn
 
 from ..models.families import size_conditioning_ids
 
-__all__ = ["FrozenUNet", "DiffusersUNet", "sd_alphas_cumprod", "schedule_from_folder", "add_noise", "denoiser_target", "PREDICTIONS"]
+__all__ = ["FrozenUNet", "DiffusersUNet", "sd_alphas_cumprod", "schedule_from_folder", "add_noise", "denoiser_target",
+           "training_noise", "PREDICTIONS"]
 
-#: What a denoiser may be trained to output: the noise (``eps``) or the velocity ``v`` (SD2.x 768-v models).
-PREDICTIONS = ("eps", "v")
+#: What a denoiser may be trained to output: the noise (``eps``), the velocity ``v`` (SD2.x 768-v models), or
+#: ``flow``: a rectified-flow model (SD3, Flux) fed ``x_s = (1 - s) x_0 + s eps`` predicts ``eps - x_0``.
+PREDICTIONS = ("eps", "v", "flow")
+#: The predictions of discrete-schedule UNets (``alphas_cumprod``), which diffusers folders from the CLI give.
+DISCRETE_PREDICTIONS = ("eps", "v")
 
 
 def sd_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
@@ -30,12 +34,14 @@ def sd_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: 
 
 
 class FrozenUNet(Protocol):
-    alphas_cumprod: torch.Tensor
+    alphas_cumprod: torch.Tensor | None  # the discrete schedule; None for flow models
     prediction: str  # one of PREDICTIONS
 
     def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
                 pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """The denoiser's output for noised ``latents``: noise or v, as :attr:`prediction` says."""
+        """The denoiser's output for noised ``latents``: noise, v or the flow, as :attr:`prediction` says;
+        ``timesteps`` are integer steps of the discrete schedule, or the noise levels ``s`` in (0, 1] of a flow
+        model."""
 
     def capture(self, kind: str) -> contextlib.AbstractContextManager[list]: ...
 
@@ -45,8 +51,8 @@ class DiffusersUNet:
     ``scheduler/`` configuration where it has one (:func:`schedule_from_folder`)."""
 
     def __init__(self, unet: nn.Module, alphas_cumprod: torch.Tensor | None = None, prediction: str = "eps"):
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
+        if prediction not in DISCRETE_PREDICTIONS:
+            raise ValueError(f"prediction must be one of {DISCRETE_PREDICTIONS}, not {prediction!r}")
         self.unet = unet.eval().requires_grad_(False)
         self.alphas_cumprod = alphas_cumprod if alphas_cumprod is not None else sd_alphas_cumprod()
         self.prediction = prediction
@@ -125,3 +131,17 @@ def denoiser_target(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch
         a = _alpha(alphas_cumprod, timesteps, latents)
         return a.sqrt() * noise - (1 - a).sqrt() * latents
     raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
+
+
+def training_noise(latents: torch.Tensor, unet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(noised latents, target, timesteps)`` for one training step of ``unet``: a random step of its discrete
+    schedule (DDPM noising, target noise or v), or for a flow model a uniform noise level ``s`` in [0.001, 1]
+    (``x_s = (1 - s) x_0 + s eps``, target ``eps - x_0``)."""
+    noise = torch.randn_like(latents)
+    if unet.prediction == "flow":
+        s = torch.rand(latents.shape[0], device=latents.device).clamp_(1e-3, 1.0)
+        s4 = s.view(-1, 1, 1, 1).to(latents.dtype)
+        return (1 - s4) * latents + s4 * noise, noise - latents, s
+    t = torch.randint(0, len(unet.alphas_cumprod), (latents.shape[0],), device=latents.device)
+    target = denoiser_target(latents, noise, t, unet.alphas_cumprod, unet.prediction)  # noise, or v
+    return add_noise(latents, noise, t, unet.alphas_cumprod), target, t

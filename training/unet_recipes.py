@@ -8,11 +8,15 @@
   UNet, trained on English captions and their images only (zero-shot to other
   languages through the multilingual encoder).
 
-  ``eps`` stands for what the denoiser predicts: the noise, or ``v`` for v-prediction
-  models (SD2.x 768-v), whose denoising target is ``v`` (``unet.prediction``).
+  ``eps`` stands for what the denoiser predicts: the noise, ``v`` for v-prediction
+  models (SD2.x 768-v), or the flow ``eps - x_0`` of rectified-flow transformers (SD3,
+  Flux: "UNet" and "blocks" then mean their transformer and its image-stream blocks)
+  (``unet.prediction``).
 * ``iap`` — image as pivot: the image latents are the pivot; the cross-attention
   outputs of the UNet attending to the adapter's conditioning of the target text
   are pulled to those attending to the teacher's conditioning of the English text.
+  SD3's and Flux's transformers attend jointly over text and image tokens and have no
+  cross-attention layers, so ``iap`` is refused for them.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidDataError
 from .recipe_base import Batch, Recipe
-from .unet import add_noise, denoiser_target
+from .unet import training_noise
 
 __all__ = ["Pea", "MuLan", "ImageAsPivot"]
 
@@ -35,11 +39,7 @@ class _UNetRecipe(Recipe):
         if batch.latents is None:
             raise InvalidDataError(f"Recipe {self.name!r} needs images: give the data file an 'image' column "
                                    f"(the images are encoded once with the VAE).")
-        latents = batch.latents
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, len(unet.alphas_cumprod), (latents.shape[0],), device=latents.device)
-        target = denoiser_target(latents, noise, t, unet.alphas_cumprod, unet.prediction)  # noise, or v
-        return add_noise(latents, noise, t, unet.alphas_cumprod), target, t
+        return training_noise(batch.latents, unet)  # noised latents, target (noise, v or flow), timesteps
 
     def _paired(self, adapter, batch: Batch, unet, kind: str):
         """The same noised latents through the UNet twice: with the teacher's conditioning of the English text

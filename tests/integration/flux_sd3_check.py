@@ -85,6 +85,8 @@ def main(work: str) -> dict:
         res["nodes"] = _nodes(name, clip, work)
         out[name] = res
     out["unsupported"] = _unsupported_variants(towers)
+    if os.environ.get("BABELCLIP_FLUX_SD3_MODELS"):
+        out["denoiser"] = denoiser_recipes(work)
     return out
 
 
@@ -208,6 +210,65 @@ def _nodes(name: str, clip, work: str) -> dict:
             ((c, _),) = n[node]().encode(encoder, handle, "ein Hund", *args)[0]
         res["trained"][recipe] = {"family": handle.spec.family.name, "shape": list(c.shape)}
     return res
+
+
+
+def denoiser_recipes(work: str) -> dict:
+    """pea and mulan through ComfyUI's own Flux and MMDiT (the tiny random ones of flux_sd3_models.py, loaded as
+    UNETLoader loads them) from the Train node, with the family's CLIP object as teacher; iap refused by name."""
+    import torch
+
+    import comfy.sd
+    import comfy.utils
+    from comfy.supported_models_base import ClipTarget
+    from comfy.text_encoders import flux, sd3_clip
+    from tests.tiny_towers import COMFY_CONFIGS, build_tiny_towers
+
+    from babelclip.errors import BabelClipError
+
+    models = os.environ["BABELCLIP_FLUX_SD3_MODELS"]
+    n = _setup_models(work)["nodes"].NODE_CLASS_MAPPINGS
+    (encoder,) = n["BabelCLIPLoadEncoder"]().load("tiny-xlmr")
+    clip_tok = os.path.join(os.environ["COMFYUI_PATH"], "comfy", "sd1_tokenizer")
+    t5_tok = os.path.join(os.environ["COMFYUI_PATH"], "comfy", "text_encoders", "t5_tokenizer")
+    prompts = "\n".join(f"{a}\t{b}\tde" for a, b in [("a red cat", "eine rote Katze"), ("a blue car", "ein blaues Auto")])
+    out: dict = {}
+    targets = {"flux": (flux.FluxTokenizer, flux.flux_clip(dtype_t5=torch.float32), "taef1"),
+               "sd3": (sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(dtype_t5=torch.float32), "taesd3")}
+    from babelclip.models import FAMILIES
+
+    for name, (tok_class, clip_class, taesd) in targets.items():
+        towers = build_tiny_towers(os.path.join(work, name), name, clip_tokenizer=clip_tok, t5_tokenizer=t5_tok)
+        options = {**{f"{t}_model_config": c for t, c in COMFY_CONFIGS.items()}, "dtype": torch.float32}
+        with torch.inference_mode():
+            clip = comfy.sd.CLIP(ClipTarget(tok_class, clip_class), model_options=options)
+            for tower in FAMILIES[name].towers:
+                getattr(clip.cond_stage_model, tower.name).load_sd(comfy.utils.load_torch_file(towers["files"][tower.name]))
+            model = comfy.sd.load_diffusion_model(os.path.join(models, f"{name}-tiny.safetensors"))
+            sd = {}
+            for part in ("encoder", "decoder"):
+                for k, v in comfy.utils.load_torch_file(os.path.join(models, "vae_approx",
+                                                                      f"{taesd}_{part}.safetensors")).items():
+                    sd[f"taesd_{part}.{k}"] = v
+            sd["vae_scale"], sd["vae_shift"] = torch.tensor(1.0), torch.tensor(0.0)
+            vae = comfy.sd.VAE(sd=sd)
+        images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+        res = {}
+        for recipe in ("pea", "mulan", "iap"):
+            try:
+                with torch.inference_mode():  # as ComfyUI runs nodes
+                    result = n["BabelCLIPTrainAdapter"]().train(clip, encoder, recipe, "linear", "(use the text box)",
+                                                                prompts, 2, 1e-3, 2, 0, f"{name}-{recipe}", model=model,
+                                                                vae=vae, images=images)
+                handle = result["result"][0]
+                losses = json.loads(handle.spec.metadata.get("babelclip.recipe", "{}"))
+                res[recipe] = {"family": handle.spec.family.name, "recipe": losses.get("name"),
+                               "final_terms": losses.get("final_terms"),
+                               "tensor_hash": handle.spec.metadata["babelclip.tensor_hash"]}
+            except BabelClipError as e:
+                res[recipe] = f"{type(e).__name__}: {e}"
+        out[name] = res
+    return out
 
 
 if __name__ == "__main__":

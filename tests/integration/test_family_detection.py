@@ -18,7 +18,8 @@ T5 = "t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"
 
 
 @pytest.mark.parametrize("keys,name", [([L], "sd1"), ([H], "sd2"), ([L, G], "sdxl"),
-                                       ([G, L, "clip_l.logit_scale"], "sdxl")])
+                                       ([G, L, "clip_l.logit_scale"], "sdxl"), ([L, G, T5], "sd3"),
+                                       ([T5, L], "flux")])
 def test_detects_supported_families(comfy_nodes, keys, name):  # noqa: F811
     from babelclip.nodes.comfy_runtime import family_from_clip_keys
 
@@ -26,7 +27,7 @@ def test_detects_supported_families(comfy_nodes, keys, name):  # noqa: F811
     assert fam.name == name and fam is get_family(name)
 
 
-@pytest.mark.parametrize("keys,match", [([L, G, T5], "SD3"), ([L, T5], "Flux"), ([G], "refiner"),
+@pytest.mark.parametrize("keys,match", [([G, T5], "SD3 without CLIP-L"), ([T5], "T5-only"), ([G], "refiner"),
                                         (["foo.bar"], "foo")])
 def test_unsupported_families_say_what_they_are(comfy_nodes, keys, match):  # noqa: F811
     from babelclip.nodes.comfy_runtime import family_from_clip_keys

@@ -25,9 +25,15 @@ COMFYUI = os.environ.get("COMFYUI_PATH")
 def measured(tmp_path_factory):
     if not COMFYUI or not (Path(COMFYUI) / "comfy" / "text_encoders" / "flux.py").is_file():
         pytest.skip("needs COMFYUI_PATH: a ComfyUI checkout with Flux and SD3 (2024-08 or later)")
+    from .comfyui import CACHE
+
+    models = CACHE / "flux-sd3-tiny-v1"  # the tiny Flux / MMDiT the denoiser recipes train through
+    subprocess.run([sys.executable, str(Path(__file__).with_name("flux_sd3_models.py")), str(models)], check=True,
+                   env={**os.environ, "COMFYUI_PATH": COMFYUI}, timeout=1200, capture_output=True)
     script = Path(__file__).with_name("flux_sd3_check.py")
     run = subprocess.run([sys.executable, str(script), str(tmp_path_factory.mktemp("flux-sd3"))],
-                         capture_output=True, text=True, timeout=1200, env={**os.environ, "COMFYUI_PATH": COMFYUI})
+                         capture_output=True, text=True, timeout=2400,
+                         env={**os.environ, "COMFYUI_PATH": COMFYUI, "BABELCLIP_FLUX_SD3_MODELS": str(models)})
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     assert run.returncode == 0 and lines, run.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT "):])
@@ -94,3 +100,17 @@ def test_variants_without_every_tower_are_refused_by_name(measured):
     no_t5, t5_only = measured["unsupported"]["sd3_without_t5"], measured["unsupported"]["t5_only"]
     assert no_t5.startswith("UnsupportedModelError") and "without T5-XXL" in no_t5 and "TripleCLIPLoader" in no_t5
     assert t5_only.startswith("UnsupportedModelError") and "T5-only" in t5_only
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_denoiser_recipes_train_through_comfyuis_transformer(measured, family):
+    """pea and mulan from the Train node through ComfyUI's own (tiny random) Flux / MMDiT as UNETLoader loads it,
+    the flow-matching target, the family's CLIP as teacher: finite losses, and the two recipes end at different
+    weights from the same initial ones (the gradient reaches the adapter). iap is refused with the reason."""
+    d = measured["denoiser"][family]
+    for recipe in ("pea", "mulan"):
+        assert d[recipe]["family"] == family and d[recipe]["recipe"] == recipe, d[recipe]
+        terms = d[recipe]["final_terms"]
+        assert terms and all(0 < v < 1e4 for v in terms.values()), terms
+    assert d["pea"]["tensor_hash"] != d["mulan"]["tensor_hash"]
+    assert d["iap"].startswith("UnsupportedModelError") and "no" in d["iap"] and "cross-attention" in d["iap"]
