@@ -158,10 +158,16 @@ def clip_family(clip) -> TargetFamily:
     return family
 
 
-def clip_encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The stock CLIPTextEncode result for ``text`` (cond, pooled), in every ComfyUI version."""
+def _tokenize_and_encode(clip, text: str):
+    """``(tokens, cond, pooled)``: ComfyUI's token dict of ``text`` and the stock CLIPTextEncode result of it."""
     tokens = clip.tokenize(text)
     cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return tokens, cond, pooled
+
+
+def clip_encode(clip, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stock CLIPTextEncode result for ``text`` (cond, pooled), in every ComfyUI version."""
+    _, cond, pooled = _tokenize_and_encode(clip, text)
     return cond, pooled
 
 
@@ -172,8 +178,7 @@ CLIP_TOKEN_KEYS = ("l", "g", "h")
 def clip_encode_segments(clip, text: str, family: TargetFamily):
     """``(cond, pooled, segment lengths)``: the stock encode of ``text`` and, for a family whose conditioning
     is several segments (SD3: CLIP chunks, then T5), how many tokens each takes (None for one segment)."""
-    tokens = clip.tokenize(text)
-    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    tokens, cond, pooled = _tokenize_and_encode(clip, text)
     if len(family.segments) == 1:
         return cond, pooled, None
     chunks = max(len(tokens[k]) for k in CLIP_TOKEN_KEYS if k in tokens)
