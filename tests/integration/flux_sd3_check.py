@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,39 +29,30 @@ def main(work: str) -> dict:
     sys.argv = argv
     import torch
 
-    import comfy.sd
-    import comfy.utils
-    from tests.tiny_towers import COMFY_CONFIGS, build_tiny_towers
+    from tests.tiny_towers import build_tiny_towers
 
     from babelclip.models import FAMILIES
     from babelclip.models.teacher import load_teacher
+    from babelclip.nodes import comfy_runtime
+    from babelclip.nodes.loaded_models import ComfyClipTeacher
 
     clip_tok = os.path.join(comfy_root, "comfy", "sd1_tokenizer")
     t5_tok = os.path.join(comfy_root, "comfy", "text_encoders", "t5_tokenizer")
     # no weights: a teacher encodes English training texts as they are (weights are the encode node's business)
     prompts = ["a red cat on a sofa", "ein rotes Auto, sehr schnell", "一只红猫", "", "word " * 300]
     out: dict = {}
-    from comfy.supported_models_base import ClipTarget
-    from comfy.text_encoders import flux, sd3_clip
-
-    targets = {"flux": (flux.FluxTokenizer, flux.flux_clip(dtype_t5=torch.float32)),
-               "sd3": (sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(dtype_t5=torch.float32))}
-    for name, (tokenizer_class, clip_class) in targets.items():
+    denoiser: dict = {}
+    # One family at a time, its towers built once for every check that reads them and removed after the last:
+    # with ComfyUI's real-sized vocabularies they are ~0.7 GB (flux) / ~0.9 GB (sd3) a copy.
+    for name in ("flux", "sd3"):
         family = FAMILIES[name]
-        towers = build_tiny_towers(os.path.join(work, name), name, clip_tokenizer=clip_tok, t5_tokenizer=t5_tok)
-        options = {**{f"{t}_model_config": cfg for t, cfg in COMFY_CONFIGS.items()}, "dtype": torch.float32}
-        with torch.inference_mode():
-            # ComfyUI's own text-encoder classes, as DualCLIPLoader (flux) / TripleCLIPLoader build them; each tiny
-            # tower is loaded into its own part (the stock loaders tell CLIP-G from CLIP-L by its 32 layers)
-            clip = comfy.sd.CLIP(ClipTarget(tokenizer_class, clip_class), model_options=options)
-            for tower in family.towers:
-                missing, _ = getattr(clip.cond_stage_model, tower.name).load_sd(
-                    comfy.utils.load_torch_file(towers["files"][tower.name]))
-                assert not [k for k in missing if "position_ids" not in k and "text_projection" not in k], missing
+        folder = os.path.join(work, name)
+        towers = build_tiny_towers(folder, name, clip_tokenizer=clip_tok, t5_tokenizer=t5_tok)
+        # these checks read the separate tower files only: the single-file and diffusers copies go at once
+        os.remove(towers["checkpoint"])
+        shutil.rmtree(towers["diffusers"])
+        clip = comfy_clip(name, towers)
         teacher = load_teacher([towers["files"][t.name] for t in family.towers], clip_tok, t5_tok)
-        from babelclip.nodes.loaded_models import ComfyClipTeacher
-        from babelclip.nodes import comfy_runtime
-
         node_teacher = ComfyClipTeacher(clip)
         res = {"family_from_clip": comfy_runtime.clip_family(clip).name, "cond_err": 0.0, "pooled_err": 0.0,
                "node_teacher_err": 0.0, "cond_scale": 0.0}
@@ -84,37 +76,53 @@ def main(work: str) -> dict:
         res["shapes"] = [list(cond.shape), list(pooled.shape)]
         res["nodes"] = _nodes(name, clip, work)
         out[name] = res
-    out["unsupported"] = _unsupported_variants(towers)
-    if os.environ.get("BABELCLIP_FLUX_SD3_MODELS"):
-        out["denoiser"] = denoiser_recipes(work)
+        if name == "sd3":
+            out["unsupported"] = _unsupported_variants(towers)
+        if os.environ.get("BABELCLIP_FLUX_SD3_MODELS"):
+            denoiser[name] = denoiser_recipes(work, name, towers)
+        del clip, teacher, node_teacher, towers
+        shutil.rmtree(folder)
+    if denoiser:
+        out["denoiser"] = denoiser
     return out
 
 
-def _unsupported_variants(towers) -> dict:
-    """SD3's text encoder without T5 (DualCLIPLoader type sd3 with CLIP-L + CLIP-G) and T5 alone (CLIPLoader
-    type sd3 with a T5 file): ComfyUI's own SD3 class with the towers it would load; the error each gets."""
+def comfy_clip(family: str, towers: dict, **kinds):
+    """ComfyUI's own text-encoder class of ``family`` as DualCLIPLoader (flux) / TripleCLIPLoader (sd3) build it,
+    ``kinds`` (sd3_clip's clip_l / clip_g / t5) leaving towers out as the loaders of SD3's variants do; each tiny
+    tower the class has is loaded into its own part (the stock loaders tell CLIP-G from CLIP-L by its 32 layers)."""
     import torch
 
     import comfy.sd
     import comfy.utils
     from comfy.supported_models_base import ClipTarget
-    from comfy.text_encoders import sd3_clip
+    from comfy.text_encoders import flux, sd3_clip
     from tests.tiny_towers import COMFY_CONFIGS
 
+    tokenizer_class, clip_class = {"flux": (flux.FluxTokenizer, flux.flux_clip),
+                                   "sd3": (sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip)}[family]
+    options = {**{f"{t}_model_config": cfg for t, cfg in COMFY_CONFIGS.items()}, "dtype": torch.float32}
+    with torch.inference_mode():
+        clip = comfy.sd.CLIP(ClipTarget(tokenizer_class, clip_class(dtype_t5=torch.float32, **kinds)),
+                             model_options=options)
+        for tower, path in towers["files"].items():
+            part = getattr(clip.cond_stage_model, tower, None)
+            if part is not None:
+                missing, _ = part.load_sd(comfy.utils.load_torch_file(path))
+                assert not [k for k in missing if "position_ids" not in k and "text_projection" not in k], missing
+    return clip
+
+
+def _unsupported_variants(towers) -> dict:
+    """SD3's text encoder without T5 (DualCLIPLoader type sd3 with CLIP-L + CLIP-G) and T5 alone (CLIPLoader
+    type sd3 with a T5 file): ComfyUI's own SD3 class with the towers it would load; the error each gets."""
     from babelclip.errors import BabelClipError
     from babelclip.nodes import comfy_runtime
 
     out = {}
     for label, kinds in (("sd3_without_t5", {"clip_l": True, "clip_g": True, "t5": False}),
                          ("t5_only", {"clip_l": False, "clip_g": False, "t5": True})):
-        options = {**{f"{t}_model_config": c for t, c in COMFY_CONFIGS.items()}, "dtype": torch.float32}
-        with torch.inference_mode():
-            clip = comfy.sd.CLIP(ClipTarget(sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(dtype_t5=torch.float32, **kinds)),
-                                 model_options=options)
-            for name in ("clip_l", "clip_g", "t5xxl"):
-                part = getattr(clip.cond_stage_model, name, None)
-                if part is not None:
-                    part.load_sd(comfy.utils.load_torch_file(towers["files"][name]))
+        clip = comfy_clip("sd3", towers, **kinds)
         try:
             out[label] = "detected as " + comfy_runtime.clip_family(clip).name
         except BabelClipError as e:
@@ -157,6 +165,7 @@ def _nodes(name: str, clip, work: str) -> dict:
 
     from babelclip.errors import BabelClipError
     from babelclip.models import FAMILIES
+    from babelclip.nodes import comfy_runtime
 
     family = FAMILIES[name]
     n = _setup_models(work)["nodes"].NODE_CLASS_MAPPINGS
@@ -181,7 +190,7 @@ def _nodes(name: str, clip, work: str) -> dict:
                 n["BabelCLIPTextEncode"]().encode(encoder, adapter, text, clip=clip, clip_mix="blend")
             except BabelClipError as e:
                 res["blend_error"] = str(e)
-        stock, _ = __import__("babelclip.nodes.comfy_runtime", fromlist=["x"]).clip_encode(clip, text)
+        stock, _ = comfy_runtime.clip_encode(clip, text)
         for node, args in (("BabelCLIPTextEncode", ()), ("BabelCLIPTextEncodeFlux", (3.5,))):
             try:
                 n[node]().encode(encoder, wrong, text, *args, clip=clip)
@@ -212,63 +221,48 @@ def _nodes(name: str, clip, work: str) -> dict:
     return res
 
 
-
-def denoiser_recipes(work: str) -> dict:
-    """pea and mulan through ComfyUI's own Flux and MMDiT (the tiny random ones of flux_sd3_models.py, loaded as
-    UNETLoader loads them) from the Train node, with the family's CLIP object as teacher; iap refused by name."""
+def denoiser_recipes(work: str, name: str, towers: dict) -> dict:
+    """pea and mulan through ComfyUI's own Flux or MMDiT (``name``'s tiny random one of flux_sd3_models.py, loaded
+    as UNETLoader loads it) from the Train node, with the family's CLIP object of ``towers`` as teacher; iap
+    refused by name."""
     import torch
 
     import comfy.sd
     import comfy.utils
-    from comfy.supported_models_base import ClipTarget
-    from comfy.text_encoders import flux, sd3_clip
-    from tests.tiny_towers import COMFY_CONFIGS, build_tiny_towers
 
     from babelclip.errors import BabelClipError
 
     models = os.environ["BABELCLIP_FLUX_SD3_MODELS"]
     n = _setup_models(work)["nodes"].NODE_CLASS_MAPPINGS
     (encoder,) = n["BabelCLIPLoadEncoder"]().load("tiny-xlmr")
-    clip_tok = os.path.join(os.environ["COMFYUI_PATH"], "comfy", "sd1_tokenizer")
-    t5_tok = os.path.join(os.environ["COMFYUI_PATH"], "comfy", "text_encoders", "t5_tokenizer")
     prompts = "\n".join(f"{a}\t{b}\tde" for a, b in [("a red cat", "eine rote Katze"), ("a blue car", "ein blaues Auto")])
-    out: dict = {}
-    targets = {"flux": (flux.FluxTokenizer, flux.flux_clip(dtype_t5=torch.float32), "taef1"),
-               "sd3": (sd3_clip.SD3Tokenizer, sd3_clip.sd3_clip(dtype_t5=torch.float32), "taesd3")}
-    from babelclip.models import FAMILIES
-
-    for name, (tok_class, clip_class, taesd) in targets.items():
-        towers = build_tiny_towers(os.path.join(work, name), name, clip_tokenizer=clip_tok, t5_tokenizer=t5_tok)
-        options = {**{f"{t}_model_config": c for t, c in COMFY_CONFIGS.items()}, "dtype": torch.float32}
-        with torch.inference_mode():
-            clip = comfy.sd.CLIP(ClipTarget(tok_class, clip_class), model_options=options)
-            for tower in FAMILIES[name].towers:
-                getattr(clip.cond_stage_model, tower.name).load_sd(comfy.utils.load_torch_file(towers["files"][tower.name]))
-            model = comfy.sd.load_diffusion_model(os.path.join(models, f"{name}-tiny.safetensors"))
-            sd = {}
-            for part in ("encoder", "decoder"):
-                for k, v in comfy.utils.load_torch_file(os.path.join(models, "vae_approx",
-                                                                      f"{taesd}_{part}.safetensors")).items():
-                    sd[f"taesd_{part}.{k}"] = v
-            sd["vae_scale"], sd["vae_shift"] = torch.tensor(1.0), torch.tensor(0.0)
-            vae = comfy.sd.VAE(sd=sd)
-        images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-        res = {}
-        for recipe in ("pea", "mulan", "iap"):
-            try:
-                with torch.inference_mode():  # as ComfyUI runs nodes
-                    result = n["BabelCLIPTrainAdapter"]().train(clip, encoder, recipe, "linear", "(use the text box)",
-                                                                prompts, 2, 1e-3, 2, 0, f"{name}-{recipe}", model=model,
-                                                                vae=vae, images=images)
-                handle = result["result"][0]
-                losses = json.loads(handle.spec.metadata.get("babelclip.recipe", "{}"))
-                res[recipe] = {"family": handle.spec.family.name, "recipe": losses.get("name"),
-                               "final_terms": losses.get("final_terms"),
-                               "tensor_hash": handle.spec.metadata["babelclip.tensor_hash"]}
-            except BabelClipError as e:
-                res[recipe] = f"{type(e).__name__}: {e}"
-        out[name] = res
-    return out
+    taesd = {"flux": "taef1", "sd3": "taesd3"}[name]
+    clip = comfy_clip(name, towers)
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model(os.path.join(models, f"{name}-tiny.safetensors"))
+        sd = {}
+        for part in ("encoder", "decoder"):
+            for k, v in comfy.utils.load_torch_file(os.path.join(models, "vae_approx",
+                                                                  f"{taesd}_{part}.safetensors")).items():
+                sd[f"taesd_{part}.{k}"] = v
+        sd["vae_scale"], sd["vae_shift"] = torch.tensor(1.0), torch.tensor(0.0)
+        vae = comfy.sd.VAE(sd=sd)
+    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    res = {}
+    for recipe in ("pea", "mulan", "iap"):
+        try:
+            with torch.inference_mode():  # as ComfyUI runs nodes
+                result = n["BabelCLIPTrainAdapter"]().train(clip, encoder, recipe, "linear", "(use the text box)",
+                                                            prompts, 2, 1e-3, 2, 0, f"{name}-{recipe}", model=model,
+                                                            vae=vae, images=images)
+            handle = result["result"][0]
+            losses = json.loads(handle.spec.metadata.get("babelclip.recipe", "{}"))
+            res[recipe] = {"family": handle.spec.family.name, "recipe": losses.get("name"),
+                           "final_terms": losses.get("final_terms"),
+                           "tensor_hash": handle.spec.metadata["babelclip.tensor_hash"]}
+        except BabelClipError as e:
+            res[recipe] = f"{type(e).__name__}: {e}"
+    return res
 
 
 if __name__ == "__main__":
