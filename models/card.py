@@ -110,6 +110,10 @@ def _made_section(spec: AdapterSpec) -> list[str]:
         opts = recipe.get("options") or {}
         lines.append(f"Recipe `{recipe.get('name')}`" + (f" ({', '.join(f'{k}={v}' for k, v in opts.items())})"
                                                           if opts else "") + (f": {settings}." if settings else "."))
+        switched = recipe.get("codeswitch")
+        if isinstance(switched, dict) and switched.get("pairs"):
+            lines.append(f"Also trained on {switched['pairs']} code-switched copies of its English prompts (up to "
+                         f"{switched.get('copies')} per prompt, words replaced at rate {switched.get('rate')}).")
     if isinstance(teacher, dict) and teacher:
         lines.append(f"Teacher: the {teacher.get('family', spec.family.name)} checkpoint's own text encoder"
                      + (f" ({teacher['source']})" if teacher.get("source") else "") + ".")

@@ -249,6 +249,9 @@ def check_train_args(args) -> TrainPlan:
         raise IncompatibleAdapterError(f"--arch {args.arch!r} is not an adapter architecture BabelCLIP trains; "
                                        f"choose one of {', '.join(sorted(trainable_architectures()))}.")
     _check_device(args.device)
+    if args.codeswitch < 0 or not 0.0 <= args.codeswitch_rate <= 1.0:
+        raise BabelClipError(f"--codeswitch {args.codeswitch} must be 0 or more and --codeswitch-rate "
+                             f"{args.codeswitch_rate} between 0 and 1.")
     for option, path in (*(("--teacher", t) for t in _teachers(args)), ("--encoder", args.encoder),
                          ("--clip-tokenizer", args.clip_tokenizer), ("--t5-tokenizer", args.t5_tokenizer),
                          ("--clip-vision", args.clip_vision)):
@@ -313,7 +316,8 @@ def train_job(args, plan: TrainPlan):
     return TrainJob(plan.pairs, encoder, teacher, name, plan.recipe, args.arch,
                     plan.config, plan.out, args.cache_dir, layer=plan.layer, val_fraction=args.val_fraction,
                     resume=not args.restart, overwrite=args.overwrite, report_files=True,
-                    images=_images_hook(args, plan.recipe, teacher), steady_heap=True)
+                    images=_images_hook(args, plan.recipe, teacher), steady_heap=True,
+                    codeswitch=args.codeswitch, codeswitch_rate=args.codeswitch_rate)
 
 
 def run_train(args, plan: TrainPlan, prepared=None):
@@ -409,6 +413,7 @@ def _add_demo(sub) -> None:
 
 
 def _add_train(sub) -> None:
+    from .codeswitch import DEFAULT_COPIES, DEFAULT_RATE
     from .recipes import DEFAULT_ARCH, DEFAULT_RECIPE
 
     p = sub.add_parser("train", help="distill an adapter against a checkpoint's CLIP",
@@ -423,6 +428,12 @@ def _add_train(sub) -> None:
                    help="seed of the adapter's initialisation, the batch order and the held-out split")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of English prompts held out for the evaluation, with all their translations")
+    p.add_argument("--codeswitch", type=int, default=DEFAULT_COPIES,
+                   help="text recipes: also train on this many code-switched copies of each English prompt (words "
+                        "replaced by their neighbours of other scripts in the encoder's own vocabulary, mapped to the "
+                        "English's conditioning; keeps more of the encoder's cross-lingual meaning); 0: none")
+    p.add_argument("--codeswitch-rate", type=float, default=DEFAULT_RATE,
+                   help="share of a code-switched copy's replaceable words that are replaced")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help=_config_help("checkpoint_every") + " (<out>.ckpt, removed when the run ends)")

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import InvalidDataError
+from .codeswitch import DEFAULT_COPIES, DEFAULT_RATE, codeswitch_pairs
 from .data import Pair, split_pairs
 from .recipe_base import Recipe
 from .trainer import TrainConfig, TrainResult
@@ -62,6 +63,9 @@ class TrainJob:
     report_files: bool = False  # also write ``<out stem>.eval.{json,md,png}``
     images: ImagesHook | None = None
     steady_heap: bool = False  # process-wide glibc allocator tuning (see trainer.train); for dedicated processes
+    # code-switched copies of each English training prompt (training.codeswitch); text recipes only, 0: none
+    codeswitch: int = DEFAULT_COPIES
+    codeswitch_rate: float = DEFAULT_RATE
 
     @property
     def checkpoint_path(self) -> str:
@@ -162,6 +166,15 @@ def process_state(device: str):
     return _SingleProcess()
 
 
+def codeswitched(job: TrainJob, train_pairs: Sequence[Pair]) -> list[Pair]:
+    """The code-switched training rows of ``job`` (:mod:`.codeswitch`): none for the recipes that read images,
+    whose rows must each have one."""
+    if job.images is not None or job.recipe.needs_images:
+        return []
+    return codeswitch_pairs(train_pairs, job.encoder, copies=job.codeswitch, rate=job.codeswitch_rate,
+                            seed=job.config.seed)
+
+
 def _features(job: TrainJob, hooks: Hooks, pairs, layout: str, prefix: str = "", encode_english: bool = False):
     from .features import prepare_text_features
 
@@ -207,7 +220,7 @@ def _recipe_options(recipe) -> dict:
     return {k: v for k, v in vars(recipe).items() if isinstance(v, (bool, int, float, str))}
 
 
-def metadata(job: TrainJob, result: TrainResult, train_pairs, report, seconds: float) -> dict:
+def metadata(job: TrainJob, result: TrainResult, train_pairs, report, seconds: float, codeswitched: int = 0) -> dict:
     """The adapter file's metadata: the same keys from every caller."""
     teacher = job.teacher
     return {
@@ -217,17 +230,19 @@ def metadata(job: TrainJob, result: TrainResult, train_pairs, report, seconds: f
         "languages": sorted({p.lang for p in job.pairs}),
         "recipe": {"name": job.recipe.name, "options": _recipe_options(job.recipe), **dataclasses.asdict(job.config),
                    "final_loss": result.losses[-1],
-                   "final_terms": result.terms, "train_pairs": len(train_pairs), "seconds": seconds},
+                   "final_terms": result.terms, "train_pairs": len(train_pairs), "seconds": seconds,
+                   "codeswitch": {"copies": job.codeswitch, "rate": job.codeswitch_rate, "pairs": codeswitched}},
         "metrics": report["average"] if report else {},
     }
 
 
-def _save(job: TrainJob, hooks: Hooks, adapter, result: TrainResult, train_pairs, val, seconds: float):
+def _save(job: TrainJob, hooks: Hooks, adapter, result: TrainResult, train_pairs, val, seconds: float,
+          codeswitched: int = 0):
     from ..models import save_adapter
     from .evaluation import evaluate_adapter, report_markdown, write_report
 
     report = evaluate_adapter(adapter, val) if val is not None else None
-    meta = metadata(job, result, train_pairs, report, seconds)
+    meta = metadata(job, result, train_pairs, report, seconds, codeswitched)
     table = report_markdown(report) if report else None
     save_adapter(adapter.cpu(), job.out, meta, overwrite=job.overwrite, evaluation=table)
     if os.path.exists(job.checkpoint_path):
@@ -251,11 +266,14 @@ def run_pipeline(job: TrainJob, hooks: Hooks | None = None) -> PipelineResult:
         adapter = _build_adapter(job)
     hooks.log(job.recipe.describe(adapter))
     hooks.log(f"{len(train_pairs)} training and {len(val_pairs)} held-out pairs")
+    extra = codeswitched(job, train_pairs)
+    if extra:
+        hooks.log(f"{len(extra)} code-switched copies of the training English (up to {job.codeswitch} per prompt)")
     state = process_state(job.config.device)
     if state.num_processes > 1 and state.is_main_process:
         hooks.log(f"data parallel over {state.num_processes} processes (accelerate)")
     with state.main_process_first():  # under `accelerate launch`, the main process fills the caches first
-        prepared = _prepare(job, hooks, train_pairs, val_pairs, adapter)
+        prepared = _prepare(job, hooks, [*train_pairs, *extra], val_pairs, adapter)
     if prepared is None:
         return PipelineResult(True, "features", adapter=adapter)
     data, val, denoiser = prepared
@@ -273,5 +291,5 @@ def run_pipeline(job: TrainJob, hooks: Hooks | None = None) -> PipelineResult:
         return PipelineResult(True, "training", adapter=adapter, train=result, seconds=seconds)
     if not state.is_main_process:
         return PipelineResult(False, "training", adapter=adapter, train=result, seconds=seconds)
-    report, meta = _save(job, hooks, adapter, result, train_pairs, val, seconds)
+    report, meta = _save(job, hooks, adapter, result, train_pairs, val, seconds, len(extra))
     return PipelineResult(False, "saved", job.out, adapter, result, report, seconds, meta)

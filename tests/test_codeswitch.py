@@ -1,0 +1,93 @@
+"""training/codeswitch.py: code-switched copies of English prompts from the encoder's own vocabulary, and the
+pipeline that trains on them by default. How much they keep of the encoder's cross-lingual retrieval is measured
+by bench/fidelity.py (BENCHMARKS.md), not here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from babelclip.models import load_encoder, read_adapter_spec
+from babelclip.models.tiny import build_tiny_encoder
+from babelclip.training.codeswitch import CODESWITCH_LANG, build_dictionary, codeswitch_pairs
+from babelclip.training.data import Pair
+from babelclip.training.pipeline import Hooks, TrainJob, run_pipeline, split_for_training
+from babelclip.training.recipes import get_recipe
+from babelclip.training.trainer import TrainConfig
+
+from . import synthetic
+from .e5_fixture import e5_folder
+
+ENGLISH = ["a red fox sleeping in fresh snow, soft morning light",
+           "an old cat on a river boat at night",
+           "thuluth calligraphy, gold ink"]
+
+
+@pytest.fixture(scope="module")
+def e5():
+    return load_encoder(e5_folder())
+
+
+@pytest.mark.e5
+def test_the_real_encoders_vocabulary_translates_common_words(e5):
+    words = build_dictionary(e5, ["snow", "morning", "cat", "river", "thuluth"])
+    assert "雪" in words["snow"]["han"] and "снег" in words["snow"]["cyrillic"]
+    assert "고양이" in words["cat"]["hangul"] and "猫" in words["cat"]["han"]
+    assert any("утр" in w for w in words["morning"]["cyrillic"])
+    assert "thuluth" not in words  # split into pieces by the tokenizer: a piece's neighbours are a fragment's
+    for entry in words.values():  # no neighbour is the English word again in Latin letters
+        assert all(w.lower()[:3] != "sno" for w in entry.get("latin", []))
+
+
+@pytest.mark.e5
+def test_copies_keep_the_english_as_target_and_are_reproducible(e5):
+    pairs = [Pair(en, en) for en in ENGLISH]
+    copies = codeswitch_pairs(pairs, e5, copies=4, rate=0.5, seed=3)
+    assert copies == codeswitch_pairs(pairs, e5, copies=4, rate=0.5, seed=3)
+    assert copies != codeswitch_pairs(pairs, e5, copies=4, rate=0.5, seed=4)
+    assert {p.en for p in copies} <= set(ENGLISH) and all(p.lang == CODESWITCH_LANG for p in copies)
+    for en in ENGLISH:
+        texts = [p.text for p in copies if p.en == en]
+        assert len(texts) == len(set(texts)) <= 4 and en not in texts
+    # only whole words are replaced: the punctuation and the word count of the English stay
+    for p in copies:
+        assert p.text.count(",") == p.en.count(",") and len(p.text.split()) >= len(p.en.split())
+    switched = [p for p in copies if p.en == ENGLISH[0]]
+    assert switched and all(any(ord(c) > 0x24F for c in p.text) or p.text != p.en for p in switched)
+    assert codeswitch_pairs(pairs, e5, copies=0) == [] and codeswitch_pairs(pairs, e5, rate=0.0) == []
+    assert len({p.text for p in codeswitch_pairs(pairs, e5, copies=8, rate=1.0, seed=0)}) > 8
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = build_tiny_encoder(tmp_path_factory.mktemp("enc") / "enc", "xlm-roberta", extra_text=synthetic.all_text())
+    encoder = load_encoder(folder)
+    return encoder, synthetic.LinearTeacher(encoder)
+
+
+def _run(tiny, tmp_path, name, recipe="altclip-kd", **options):
+    encoder, teacher = tiny
+    job = TrainJob(synthetic.pairs(("en", "de")), encoder, teacher, "linear teacher", get_recipe(recipe), "linear",
+                   TrainConfig(steps=4, batch_size=16, lr=1e-2), str(tmp_path / f"{name}.safetensors"),
+                   str(tmp_path / "cache"), **options)
+    lines: list[str] = []
+    out = run_pipeline(job, Hooks(log=lines.append))
+    return job, out, json.loads(read_adapter_spec(out.path).metadata["babelclip.recipe"])["codeswitch"], lines
+
+
+def test_text_recipes_train_on_code_switched_copies_by_default(tiny, tmp_path):
+    job, out, meta, lines = _run(tiny, tmp_path, "default")
+    train_pairs, _ = split_for_training(job.pairs, job.val_fraction, job.config.seed)
+    expected = codeswitch_pairs(train_pairs, job.encoder, copies=job.codeswitch, rate=job.codeswitch_rate, seed=0)
+    assert expected, "the tiny vocabulary has neighbours of other scripts: the test data must make copies"
+    assert meta == {"copies": 8, "rate": 0.5, "pairs": len(expected)}
+    assert any(f"{len(expected)} code-switched copies" in line for line in lines)
+    # the held-out evaluation never sees a copy: its pairs are the held-out split's, of its own languages
+    assert set(out.report["languages"]) <= {"en", "de"}
+    assert read_adapter_spec(out.path).metadata["babelclip.languages"] == '["de", "en"]'
+
+
+def test_codeswitch_zero_trains_on_the_data_alone(tiny, tmp_path):
+    _, _, meta, lines = _run(tiny, tmp_path, "off", codeswitch=0)
+    assert meta["pairs"] == 0 and not any("code-switched" in line for line in lines)
