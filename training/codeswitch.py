@@ -57,12 +57,12 @@ def _script(piece: str) -> str | None:
     return "latin" if _LATIN.fullmatch(piece) else None
 
 
-def _word_ids(tokenizer, words: Sequence[str]) -> dict[str, int]:
+def _word_ids(tokenizer, words: Sequence[str], special: set[int]) -> dict[str, int]:
     """The words the tokenizer keeps whole (one token after a space), with that token's id."""
     ids = {}
     for word in words:
         pieces = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-        if len(pieces) == 1 and pieces[0] not in tokenizer.all_special_ids:
+        if len(pieces) == 1 and pieces[0] not in special:
             ids[word] = pieces[0]
     return ids
 
@@ -75,7 +75,8 @@ def build_dictionary(encoder, words: Sequence[str], *, per_script: int = PER_SCR
     are left out, and so are words without neighbours in any other script.
     """
     tokenizer = encoder.tokenizer
-    word_ids = _word_ids(tokenizer, sorted(set(w.lower() for w in words)))
+    special = set(tokenizer.all_special_ids)  # (a property that builds a new list on every read)
+    word_ids = _word_ids(tokenizer, sorted(set(w.lower() for w in words)), special)
     if not word_ids:
         return {}
     table = encoder.model.get_input_embeddings().weight.detach().float().cpu()
@@ -90,7 +91,7 @@ def build_dictionary(encoder, words: Sequence[str], *, per_script: int = PER_SCR
         for word, row in zip(chunk, nearest):
             found: dict[str, list[str]] = {}
             for idx in row:
-                if idx == word_ids[word] or idx in tokenizer.all_special_ids:
+                if idx == word_ids[word] or idx in special:
                     continue
                 if idx not in vocab_cache:
                     piece = tokenizer.convert_ids_to_tokens(idx) or ""
