@@ -80,14 +80,14 @@ def _load(args):
     return encoder, teacher, pairs, layer
 
 
-def _bar(desc: str):
+def _bar(desc: str, unit: str | None = None):
     from tqdm.auto import tqdm
 
     state = {}
 
     def update(done: int, total: int, loss: float | None = None) -> None:
         if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc=desc, unit="step" if loss is not None else "text")
+            state["bar"] = tqdm(total=total, desc=desc, unit=unit or ("step" if loss is not None else "text"))
         bar = state["bar"]
         bar.update(done - bar.n)
         if loss is not None:
@@ -278,11 +278,15 @@ def _images_hook(args, recipe, teacher):
 
 
 def _progress_bars():
+    from .pipeline import CODESWITCH_STAGE
+
     bars = {}
 
     def progress(stage: str, done: int, total: int, loss: float | None = None) -> None:
         if stage not in bars:
-            bars[stage] = _bar("training" if stage == "training" else f"caching {stage} features")
+            bars[stage] = (_bar("training") if stage == "training" else
+                           _bar("code-switching: words' neighbours", "word") if stage == CODESWITCH_STAGE else
+                           _bar(f"caching {stage} features"))
         bars[stage](done, total, loss)
     return progress
 

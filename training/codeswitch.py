@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -68,11 +68,14 @@ def _word_ids(tokenizer, words: Sequence[str], special: set[int]) -> dict[str, i
 
 
 def build_dictionary(encoder, words: Sequence[str], *, per_script: int = PER_SCRIPT,
-                     candidates: int = CANDIDATES) -> dict[str, dict[str, list[str]]]:
+                     candidates: int = CANDIDATES,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, list[str]]]:
     """``{word: {script: [neighbour, ...]}}`` from ``encoder``'s input-embedding table (cosine, nearest first).
 
     ``encoder`` is a loaded :class:`~babelclip.models.encoder.MultilingualEncoder`; words it splits into pieces
     are left out, and so are words without neighbours in any other script.
+    ``progress(done, total)``: called after each chunk of the whole words searched (not called when there are
+    none); it may raise to stop the build (the exception goes to the caller).
     """
     tokenizer = encoder.tokenizer
     special = set(tokenizer.all_special_ids)  # (a property that builds a new list on every read)
@@ -105,21 +108,24 @@ def build_dictionary(encoder, words: Sequence[str], *, per_script: int = PER_SCR
                     kept.append(text)
             if found:
                 out[word] = found
+        if progress is not None:
+            progress(start + len(chunk), len(names))
     return out
 
 
 def codeswitch_pairs(pairs: Sequence[Pair], encoder, *, copies: int = DEFAULT_COPIES, rate: float = DEFAULT_RATE,
-                     seed: int = 0) -> list[Pair]:
+                     seed: int = 0, progress: Callable[[int, int], None] | None = None) -> list[Pair]:
     """Up to ``copies`` code-switched versions of each distinct English text of ``pairs``, as pairs whose
     ``en`` is the original (the teacher's target) and whose ``text`` is the copy, ``lang`` :data:`CODESWITCH_LANG`.
 
     Deterministic for a seed; a copy equal to the original or to an earlier copy is dropped, so prompts without
-    replaceable words give none.
+    replaceable words give none. ``progress``: that of :func:`build_dictionary` (the slow part, about 20 ms per
+    distinct word on a real encoder).
     """
     if copies <= 0 or rate <= 0:
         return []
     english = sorted({p.en for p in pairs})
-    dictionary = build_dictionary(encoder, [w for en in english for w in _WORD.findall(en)])
+    dictionary = build_dictionary(encoder, [w for en in english for w in _WORD.findall(en)], progress=progress)
     if not dictionary:
         return []
     scripts = sorted({s for entry in dictionary.values() for s in entry})

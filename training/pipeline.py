@@ -30,12 +30,15 @@ from .recipe_base import Recipe
 from .trainer import TrainConfig, TrainResult
 
 __all__ = ["TrainJob", "Hooks", "PipelineResult", "split_for_training", "check_job", "run_pipeline",
-           "MIN_PAIRS_TO_HOLD_OUT", "unique_adapter_path", "host_checkpoint_path"]
+           "MIN_PAIRS_TO_HOLD_OUT", "CODESWITCH_STAGE", "unique_adapter_path", "host_checkpoint_path"]
 
 log = logging.getLogger("babelclip.training")
 
 #: fewer pairs than this: none are held out (an evaluation on one or two sentences says nothing)
 MIN_PAIRS_TO_HOLD_OUT = 20
+
+#: the progress stage of the code-switched copies' dictionary (done / total: words), before the features
+CODESWITCH_STAGE = "code-switching"
 
 #: ``images(train_pairs, text_features) -> (denoiser or None, rows with latents / image embeddings)``
 ImagesHook = Callable[[list, object], tuple]
@@ -76,10 +79,12 @@ class TrainJob:
 class Hooks:
     """How the caller follows and stops a run.
 
-    progress: ``(stage, done, total, loss)``; stage is ``"encoder"`` / ``"teacher"`` (training features),
+    progress: ``(stage, done, total, loss)``; stage is :data:`CODESWITCH_STAGE` (words of the code-switched
+        copies' dictionary, text recipes only), ``"encoder"`` / ``"teacher"`` (training features),
         ``"held-out encoder"`` / ``"held-out teacher"``, ``"training"`` (loss set) — one bar per stage.
-    should_stop: polled between batches; True ends the run at the next safe point (cached features and the
-        checkpoint of the last finished step are kept) and :func:`run_pipeline` returns ``stopped``.
+    should_stop: polled between batches (and between the dictionary's chunks of words); True ends the run at the
+        next safe point (cached features and the checkpoint of the last finished step are kept) and
+        :func:`run_pipeline` returns ``stopped``.
     log: one line of news for the user (the adapter, the split, the processes).
     prepared: called with the fresh adapter and the held-out features before the first step (the demo
         evaluates the untrained adapter there).
@@ -97,7 +102,7 @@ class Hooks:
 @dataclasses.dataclass
 class PipelineResult:
     stopped: bool
-    stage: str  # where it ended: "features", "training" or "saved"
+    stage: str  # where it ended: "features" (also a stop while making the code-switched copies), "training", "saved"
     path: str | None = None
     adapter: object = None
     train: TrainResult | None = None
@@ -166,13 +171,29 @@ def process_state(device: str):
     return _SingleProcess()
 
 
-def codeswitched(job: TrainJob, train_pairs: Sequence[Pair]) -> list[Pair]:
+class _Stopped(Exception):
+    """A stop requested while the code-switched copies are made (raised from their progress callback)."""
+
+
+def codeswitched(job: TrainJob, train_pairs: Sequence[Pair], hooks: Hooks | None = None) -> list[Pair] | None:
     """The code-switched training rows of ``job`` (:mod:`.codeswitch`): none for the recipes that read images,
-    whose rows must each have one."""
+    whose rows must each have one. Reports :data:`CODESWITCH_STAGE` to ``hooks`` and polls its stop between the
+    dictionary's chunks of words; None if stopped."""
     if job.images is not None or job.recipe.needs_images:
         return []
-    return codeswitch_pairs(train_pairs, job.encoder, copies=job.codeswitch, rate=job.codeswitch_rate,
-                            seed=job.config.seed)
+    hooks = hooks or Hooks()
+
+    def progress(done: int, total: int) -> None:
+        if hooks.progress is not None:
+            hooks.progress(CODESWITCH_STAGE, done, total, None)
+        if done < total and hooks.stopping():  # (after the last chunk: the features' first check stops)
+            raise _Stopped
+
+    try:
+        return codeswitch_pairs(train_pairs, job.encoder, copies=job.codeswitch, rate=job.codeswitch_rate,
+                                seed=job.config.seed, progress=progress)
+    except _Stopped:
+        return None
 
 
 def _features(job: TrainJob, hooks: Hooks, pairs, layout: str, prefix: str = "", encode_english: bool = False):
@@ -266,7 +287,9 @@ def run_pipeline(job: TrainJob, hooks: Hooks | None = None) -> PipelineResult:
         adapter = _build_adapter(job)
     hooks.log(job.recipe.describe(adapter))
     hooks.log(f"{len(train_pairs)} training and {len(val_pairs)} held-out pairs")
-    extra = codeswitched(job, train_pairs)
+    extra = codeswitched(job, train_pairs, hooks)
+    if extra is None:  # stopped while making the copies: nothing was cached yet, a rerun starts there again
+        return PipelineResult(True, "features", adapter=adapter)
     if extra:
         hooks.log(f"{len(extra)} code-switched copies of the training English (up to {job.codeswitch} per prompt)")
     state = process_state(job.config.device)
