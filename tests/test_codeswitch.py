@@ -91,3 +91,23 @@ def test_text_recipes_train_on_code_switched_copies_by_default(tiny, tmp_path):
 def test_codeswitch_zero_trains_on_the_data_alone(tiny, tmp_path):
     _, _, meta, lines = _run(tiny, tmp_path, "off", codeswitch=0)
     assert meta["pairs"] == 0 and not any("code-switched" in line for line in lines)
+
+
+def test_the_copies_are_made_once_per_process(tiny, tmp_path, monkeypatch):
+    """A host's re-queue of the same run reuses the copies of the first; other settings make their own."""
+    import collections
+
+    from babelclip.training import codeswitch, pipeline
+
+    monkeypatch.setattr(pipeline, "_copies", collections.OrderedDict())
+    built = []
+    real = codeswitch.build_dictionary
+    monkeypatch.setattr(codeswitch, "build_dictionary", lambda *a, **k: built.append(1) or real(*a, **k))
+    first = _run(tiny, tmp_path, "first")[2]
+    assert built == [1]
+    assert _run(tiny, tmp_path, "again")[2] == first and built == [1]
+    assert _run(tiny, tmp_path, "rate", codeswitch_rate=0.25)[2]["rate"] == 0.25 and built == [1, 1]
+    _run(tiny, tmp_path, "two", codeswitch=2)  # a few entries only: the least recently used goes
+    assert len(pipeline._copies) == pipeline._COPIES_KEPT == 2
+    _run(tiny, tmp_path, "first again")
+    assert built == [1, 1, 1, 1]

@@ -13,11 +13,15 @@ latents or image embeddings)`` (the command line loads a diffusers UNet, a host 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import re
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -171,6 +175,21 @@ def process_state(device: str):
     return _SingleProcess()
 
 
+#: code-switched copies made in this process, most recently used last: a host's re-queue of the same run, or a
+#: resume in the same process, does not build the dictionary again (minutes on large data). Two entries: one
+#: holds up to ``copies`` pairs per English prompt, and a host keeps running.
+_COPIES_KEPT = 2
+_copies: collections.OrderedDict[tuple, tuple[Pair, ...]] = collections.OrderedDict()
+_copies_lock = threading.Lock()
+
+
+def _copies_key(job: TrainJob, train_pairs: Sequence[Pair]) -> tuple:
+    """What the copies depend on: the encoder's vocabulary (its fingerprint), the distinct English, the settings."""
+    english = json.dumps(sorted({p.en for p in train_pairs}), ensure_ascii=False)
+    digest = hashlib.sha256(english.encode("utf-8", "surrogatepass")).hexdigest()
+    return job.encoder.info.fingerprint, digest, job.codeswitch, job.codeswitch_rate, job.config.seed
+
+
 class _Stopped(Exception):
     """A stop requested while the code-switched copies are made (raised from their progress callback)."""
 
@@ -181,6 +200,11 @@ def codeswitched(job: TrainJob, train_pairs: Sequence[Pair], hooks: Hooks | None
     dictionary's chunks of words; None if stopped."""
     if job.images is not None or job.recipe.needs_images:
         return []
+    key = _copies_key(job, train_pairs)
+    with _copies_lock:
+        if key in _copies:
+            _copies.move_to_end(key)
+            return list(_copies[key])
     hooks = hooks or Hooks()
 
     def progress(done: int, total: int) -> None:
@@ -190,10 +214,15 @@ def codeswitched(job: TrainJob, train_pairs: Sequence[Pair], hooks: Hooks | None
             raise _Stopped
 
     try:
-        return codeswitch_pairs(train_pairs, job.encoder, copies=job.codeswitch, rate=job.codeswitch_rate,
+        made = codeswitch_pairs(train_pairs, job.encoder, copies=job.codeswitch, rate=job.codeswitch_rate,
                                 seed=job.config.seed, progress=progress)
     except _Stopped:
         return None
+    with _copies_lock:
+        _copies[key] = tuple(made)
+        while len(_copies) > _COPIES_KEPT:
+            _copies.popitem(last=False)
+    return made
 
 
 def _features(job: TrainJob, hooks: Hooks, pairs, layout: str, prefix: str = "", encode_english: bool = False):
