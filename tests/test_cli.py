@@ -212,7 +212,10 @@ def test_unet_recipe_from_the_cli_with_images(setup, encoder_dirs, caplog):
     with caplog.at_level("INFO", logger="babelclip"):
         assert main(args) == 0
     assert "The UNet predicts v" in caplog.text and "scheduler_config.json" in caplog.text
-    assert json.loads(read_adapter_spec(out).metadata["babelclip.recipe"])["name"] == "pea"
+    recipe = json.loads(read_adapter_spec(out).metadata["babelclip.recipe"])
+    # a denoiser recipe's rows each need their image: no code-switched copies, and nothing says otherwise
+    assert recipe["name"] == "pea" and "codeswitch" not in recipe
+    assert "code-switched" not in (d / "pea.README.md").read_text(encoding="utf-8")
     assert any(p.name.startswith("latents-") for p in (d / "cache").iterdir())
 
     (teacher / "scheduler" / "scheduler_config.json").write_text('{"prediction_type": "v_pred')
@@ -294,6 +297,7 @@ def test_mclip_trikd_with_images_and_a_clip_vision_model(setup, encoder_dirs, tm
     assert any(p.name.startswith("image_embeds-") for p in cache.iterdir())
     recipe = json.loads(read_adapter_spec(out).metadata["babelclip.recipe"])
     assert recipe["name"] == "mclip-trikd" and set(recipe["final_terms"]) == {"itc", "ttc"}
+    assert "codeswitch" not in recipe  # its rows carry images, which a code-switched copy has not
 
 
 def _image_data(path, lang, n, size, color, prefix):

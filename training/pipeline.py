@@ -183,6 +183,12 @@ _copies: collections.OrderedDict[tuple, tuple[Pair, ...]] = collections.OrderedD
 _copies_lock = threading.Lock()
 
 
+def _uses_codeswitch(job: TrainJob) -> bool:
+    """Whether ``job`` trains on code-switched copies at all: only when its rows are text alone (a recipe that
+    reads images needs one for each row, and a copy has none)."""
+    return job.images is None and not job.recipe.needs_images
+
+
 def _copies_key(job: TrainJob, train_pairs: Sequence[Pair]) -> tuple:
     """What the copies depend on: the encoder's vocabulary (its fingerprint), the distinct English, the settings."""
     english = json.dumps(sorted({p.en for p in train_pairs}), ensure_ascii=False)
@@ -198,7 +204,7 @@ def codeswitched(job: TrainJob, train_pairs: Sequence[Pair], hooks: Hooks | None
     """The code-switched training rows of ``job`` (:mod:`.codeswitch`): none for the recipes that read images,
     whose rows must each have one. Reports :data:`CODESWITCH_STAGE` to ``hooks`` and polls its stop between the
     dictionary's chunks of words; None if stopped."""
-    if job.images is not None or job.recipe.needs_images:
+    if not _uses_codeswitch(job):
         return []
     key = _copies_key(job, train_pairs)
     with _copies_lock:
@@ -271,8 +277,11 @@ def _recipe_options(recipe) -> dict:
 
 
 def metadata(job: TrainJob, result: TrainResult, train_pairs, report, seconds: float, codeswitched: int = 0) -> dict:
-    """The adapter file's metadata: the same keys from every caller."""
+    """The adapter file's metadata: the same keys from every caller. ``recipe.codeswitch`` (the copies' settings
+    and how many were trained on) only for runs that can train on copies: a denoiser recipe's has none."""
     teacher = job.teacher
+    switched = ({"codeswitch": {"copies": job.codeswitch, "rate": job.codeswitch_rate, "pairs": codeswitched}}
+                if _uses_codeswitch(job) else {})
     return {
         "encoder": job.encoder.info, "family": teacher.family.name, "layer": job.layer,
         "teacher": {"family": teacher.family.name, "fingerprint": teacher.fingerprint,
@@ -280,8 +289,7 @@ def metadata(job: TrainJob, result: TrainResult, train_pairs, report, seconds: f
         "languages": sorted({p.lang for p in job.pairs}),
         "recipe": {"name": job.recipe.name, "options": _recipe_options(job.recipe), **dataclasses.asdict(job.config),
                    "final_loss": result.losses[-1],
-                   "final_terms": result.terms, "train_pairs": len(train_pairs), "seconds": seconds,
-                   "codeswitch": {"copies": job.codeswitch, "rate": job.codeswitch_rate, "pairs": codeswitched}},
+                   "final_terms": result.terms, "train_pairs": len(train_pairs), "seconds": seconds, **switched},
         "metrics": report["average"] if report else {},
     }
 
