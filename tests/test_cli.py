@@ -130,6 +130,8 @@ def test_train_runs_the_pipeline_with_the_steady_heap(setup, tmp_path):
     (["--clip-vision", "."], "--clip-vision is used by mclip-trikd only"),
     (["--recipe", "pea"], "diffusers folder with unet/ and vae/"),
     (["--batch-size", "100000"], "larger than the"),
+    (["--codeswitch", "-1"], "--codeswitch -1 is negative"),
+    (["--codeswitch-rate", "1.5"], "--codeswitch-rate 1.5 is not between 0 and 1"),
 ])
 def test_train_checks_its_arguments_before_loading_a_model(setup, tmp_path, capsys, bad, message):
     """The encoder given is an empty folder: an error about it would mean a model was loaded before the check."""
@@ -150,6 +152,35 @@ def test_train_checks_its_arguments_before_loading_a_model(setup, tmp_path, caps
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "cache").exists() and not (tmp_path / "a.safetensors.ckpt").exists()
+
+
+@pytest.mark.parametrize("bad, other", [(["--codeswitch", "-1"], "rate"), (["--codeswitch-rate", "1.5"], "copies")])
+def test_a_codeswitch_error_names_only_its_own_flag(setup, tmp_path, capsys, bad, other):
+    d, common = setup
+    assert main(["train", *common, "--data", str(d / "pairs.tsv"), "--out", str(tmp_path / "cs.safetensors"),
+                 *bad]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad[0]} {bad[1]} " in err and ": give the " in err  # the value given, then what to give instead
+    assert other not in err and err.count("--codeswitch") == 1
+
+
+@pytest.mark.parametrize("options, expected", [
+    (["--codeswitch", "0"], {"copies": 0, "pairs": 0}),
+    (["--codeswitch", "2", "--codeswitch-rate", "0.3"], {"copies": 2, "rate": 0.3}),
+])
+def test_train_records_its_code_switched_copies(setup, tmp_path, options, expected):
+    d, common = setup
+    out = tmp_path / "cs.safetensors"
+    assert main(["train", *common, "--data", str(d / "pairs.tsv"), "--arch", "linear", "--steps", "2",
+                 "--batch-size", "8", "--out", str(out), *options]) == 0
+    switched = json.loads(read_adapter_spec(out).metadata["babelclip.recipe"])["codeswitch"]
+    assert switched.items() >= expected.items()
+    card = (tmp_path / "cs.README.md").read_text(encoding="utf-8")
+    if expected["copies"] == 0:  # trained on the data alone, and the card says nothing of copies
+        assert "code-switched" not in card
+    else:  # at most 2 per distinct English training prompt
+        assert 0 < switched["pairs"] <= 2 * len(set(synthetic.corpus("en")))
+        assert f"Also trained on {switched['pairs']} code-switched copies" in card and "up to 2 per" in card
 
 
 def test_unknown_recipe_or_arch_is_an_argparse_error(setup, capsys):

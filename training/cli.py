@@ -249,9 +249,12 @@ def check_train_args(args) -> TrainPlan:
         raise IncompatibleAdapterError(f"--arch {args.arch!r} is not an adapter architecture BabelCLIP trains; "
                                        f"choose one of {', '.join(sorted(trainable_architectures()))}.")
     _check_device(args.device)
-    if args.codeswitch < 0 or not 0.0 <= args.codeswitch_rate <= 1.0:
-        raise BabelClipError(f"--codeswitch {args.codeswitch} must be 0 or more and --codeswitch-rate "
-                             f"{args.codeswitch_rate} between 0 and 1.")
+    if args.codeswitch < 0:
+        raise BabelClipError(f"--codeswitch {args.codeswitch} is negative: give the number of code-switched copies "
+                             f"per English prompt, 0 or more (0: none).")
+    if not 0.0 <= args.codeswitch_rate <= 1.0:
+        raise BabelClipError(f"--codeswitch-rate {args.codeswitch_rate} is not between 0 and 1: give the share of "
+                             f"a copy's replaceable words to replace, from 0 to 1.")
     for option, path in (*(("--teacher", t) for t in _teachers(args)), ("--encoder", args.encoder),
                          ("--clip-tokenizer", args.clip_tokenizer), ("--t5-tokenizer", args.t5_tokenizer),
                          ("--clip-vision", args.clip_vision)):
