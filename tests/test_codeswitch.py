@@ -111,3 +111,42 @@ def test_the_copies_are_made_once_per_process(tiny, tmp_path, monkeypatch):
     assert len(pipeline._copies) == pipeline._COPIES_KEPT == 2
     _run(tiny, tmp_path, "first again")
     assert built == [1, 1, 1, 1]
+
+
+def test_a_stop_while_code_switching_ends_the_run_before_any_feature(tiny, tmp_path, monkeypatch):
+    """The dictionary is a progress stage of its own, and a stop between its chunks of words ends the run as a
+    stop while caching does: stopped, stage "features", no adapter, no checkpoint, nothing cached."""
+    import collections
+    import os
+
+    from babelclip.training import codeswitch, pipeline
+
+    monkeypatch.setattr(pipeline, "_copies", collections.OrderedDict())  # (earlier tests' copies: not built again)
+    monkeypatch.setattr(codeswitch, "_ROWS", 2)  # chunks of 2 words: several on the tiny vocabulary
+    encoder, teacher = tiny
+    job = TrainJob(synthetic.pairs(("en", "de")), encoder, teacher, "linear teacher", get_recipe("altclip-kd"),
+                   "linear", TrainConfig(steps=2, batch_size=16, lr=1e-2), str(tmp_path / "s.safetensors"),
+                   str(tmp_path / "cache"))
+    seen: list = []
+
+    def progress(stage, done, total, loss=None):
+        seen.append((stage, done, total))
+
+    out = run_pipeline(job, Hooks(progress=progress, should_stop=lambda: bool(seen), log=lambda line: None))
+    assert out.stopped and out.stage == "features" and out.train is None and out.path is None
+    total = seen[0][2]
+    assert total > 2 and seen == [(pipeline.CODESWITCH_STAGE, 2, total)]  # stopped after the first chunk
+    assert not os.path.exists(job.out) and not os.path.exists(job.checkpoint_path)
+    assert not (tmp_path / "cache").exists() and not pipeline._copies  # nothing kept of a stopped build
+
+    seen.clear()
+    out = run_pipeline(job, Hooks(progress=progress, log=lambda line: None))  # the same job, not stopped
+    words = [d for s, d, _ in seen if s == pipeline.CODESWITCH_STAGE]
+    assert words == [*range(2, total, 2), total] and out.stage == "saved" and os.path.exists(job.out)
+    stages = [s for s, *_ in seen]
+    assert stages.index("encoder") == len(words)  # the copies are made before the first feature
+    # the callback sees every chunk and changes nothing of the dictionary
+    calls: list = []
+    english = [w for p in job.pairs for w in p.en.split()]
+    assert build_dictionary(encoder, english, progress=lambda *a: calls.append(a)) == build_dictionary(encoder, english)
+    assert calls and calls[-1][0] == calls[-1][1] and [c[0] for c in calls] == sorted(c[0] for c in calls)
