@@ -68,6 +68,8 @@ def _front_matter(spec: AdapterSpec, base_model: str | None, license: str | None
              "recipe": recipe.get("name") if isinstance(recipe, dict) else recipe,
              "encoder": {k: enc.get(k) for k in ("name", "model_type", "hidden_size", "num_layers", "fingerprint")},
              "layer": spec.layer}
+    if enc.get("weights"):  # the checkpoint it was trained on (adapters saved before it was recorded lack it)
+        babel["encoder"]["weights"] = enc["weights"]
     if isinstance(source, dict) and source:
         babel["converted_from"] = source
     data = ModelCardData(

@@ -34,6 +34,7 @@ __all__ = [
     "LayerSpec",
     "load_encoder",
     "resolve_layer",
+    "weights_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,12 @@ class EncoderInfo:
     hidden_size: int
     num_layers: int
     vocab_size: int
-    fingerprint: str
+    fingerprint: str  # the vocabulary and core sizes: what an adapter must match (see ``weights``)
     repo_id: str = ""  # the Hub repository it was fetched from (``python -m babelclip fetch``), when known
+    #: a digest of the checkpoint's weights (:func:`weights_digest`); ``""`` when not computed. Two encoders with
+    #: one ``fingerprint`` (a model and a fine-tune of it) run each other's adapters but give other states: caches
+    #: of the encoder's outputs are keyed by both.
+    weights: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -334,12 +339,39 @@ def _check_weights(folder: str) -> None:
 
 
 def _fingerprint(cfg: dict, tokenizer) -> str:
+    """The core sizes and the vocabulary: what an adapter is checked against. Not the weights: a fine-tune shares
+    it (caches of the encoder's states also key :func:`weights_digest`)."""
     h = hashlib.sha256()
     core = {k: cfg.get(k) for k in ("model_type", "hidden_size", "d_model", "num_hidden_layers",
                                      "num_layers", "vocab_size")}
     h.update(json.dumps(core, sort_keys=True).encode())
     for token, idx in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
         h.update(f"{idx}\t{token}\n".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:16]
+
+
+#: values read from each tensor by :func:`weights_digest` (evenly strided); smaller tensors are read whole
+WEIGHT_SAMPLES = 4096
+
+
+def weights_digest(model: nn.Module, samples: int = WEIGHT_SAMPLES) -> str:
+    """A short digest that tells a checkpoint's weights from another's, read cheaply: per parameter (by name) its
+    name, its shape and at most ``samples`` of its values, evenly strided, as float32 (milliseconds for a 1 GB
+    model, where hashing every byte takes seconds).
+
+    The values are cast to float32 and the dtype left out, so that one checkpoint gives one digest whether
+    transformers keeps its stored dtype or upcasts it; call it before any cast or int8 quantization of the model.
+    Two checkpoints that differ only in values between the samples of every tensor would share it: a fine-tune
+    moves (nearly) all of them.
+    """
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        t = p.detach()
+        flat = t.reshape(-1)
+        step = max(1, -(-flat.numel() // samples))  # ceil: at most `samples` values
+        picked = flat[::step].to(device="cpu", dtype=torch.float32).contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|".encode())
+        h.update(picked.numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -548,6 +580,7 @@ def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None =
 
     tokenizer = _load_tokenizer(transformers, folder)
     model = _load_model(transformers, folder, model_type)
+    weights = weights_digest(model)  # of the checkpoint as stored: before the cast and any int8 quantization
     model.to(dtype=dtype or torch.float32)  # after loading: works across transformers 4.x and 5.x
     mcfg = model.config
     num_layers = getattr(mcfg, "num_hidden_layers", None) or mcfg.num_layers
@@ -560,6 +593,7 @@ def load_encoder(path: str | os.PathLike, *, device: torch.device | str | None =
         vocab_size=int(mcfg.vocab_size),
         fingerprint=_fingerprint(cfg, tokenizer),
         repo_id=_fetched_from(folder),
+        weights=weights,
     )
     encoder = MultilingualEncoder(model, tokenizer, info, folder)
     if device is not None:

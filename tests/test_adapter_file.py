@@ -79,6 +79,15 @@ def test_same_size_other_encoder_is_caught_by_fingerprint(tmp_path, sd1_file, xl
         load_adapter(other, encoder=xlmr.info)
 
 
+def test_a_fine_tune_of_the_encoder_runs_its_adapters(sd1_file, xlmr, xlmr_fine_tune):
+    """The metadata records the weights digest of the encoder it was trained on, but another checkpoint with the
+    same vocabulary and sizes (a fine-tune) may run the adapter: only the fingerprint is checked."""
+    spec = read_adapter_spec(sd1_file)
+    assert spec.encoder["weights"] == xlmr.info.weights != xlmr_fine_tune.info.weights
+    check_compatible(spec, xlmr_fine_tune.info)
+    assert load_adapter(sd1_file, encoder=xlmr_fine_tune.info, family=FAMILIES["sd1"]).spec.arch == "mlp"
+
+
 def test_wrong_dims_in_the_connected_encoder(tmp_path, sd1_file, xlmr):
     bigger = _rewrite(sd1_file, tmp_path / "dims.safetensors", meta={"babelclip.encoder": json.dumps(
         {**xlmr.info.to_dict(), "hidden_size": 1024})})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from babelclip.errors import InvalidDataError, InvalidModelFileError, UnsupportedModelError
 from babelclip.models import load_encoder
+from babelclip.models.encoder import weights_digest
 from babelclip.models.tiny import TINY_ENCODER_TYPES
 
 FAMILIES = TINY_ENCODER_TYPES
@@ -24,6 +26,36 @@ def test_each_family_loads_with_identity(encoders, model_type):
     assert len(enc.info.fingerprint) == 16
     assert not any(p.requires_grad for p in enc.parameters())
     assert not enc.model.training
+
+
+def test_the_weights_digest_names_the_checkpoint_and_the_fingerprint_its_vocabulary(encoder_dirs, encoders, xlmr,
+                                                                                      xlmr_fine_tune):
+    """A fine-tune shares its base's vocabulary and sizes (the fingerprint an adapter is checked against) but not
+    its weights digest, which keys the caches of the encoder's states; a folder loads to one digest every time."""
+    assert xlmr_fine_tune.info.fingerprint == xlmr.info.fingerprint
+    assert xlmr_fine_tune.info.weights != xlmr.info.weights
+    assert re.fullmatch("[0-9a-f]{16}", xlmr.info.weights)
+    assert load_encoder(encoder_dirs["xlm-roberta"]).info.weights == xlmr.info.weights
+    assert len({e.info.weights for e in encoders.values()}) == len(encoders)
+    assert xlmr.info.to_dict()["weights"] == xlmr.info.weights
+
+
+def test_the_weights_digest_reads_a_strided_sample_of_each_tensor():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(300, 100)  # 30,000 weights: every 8th is read (at most 4096); the 100 biases all
+    before = weights_digest(layer)
+    assert weights_digest(layer) == before
+    with torch.no_grad():
+        layer.weight.view(-1)[8] += 1e-3
+    moved = weights_digest(layer)
+    assert moved != before
+    with torch.no_grad():
+        layer.weight.view(-1)[9] += 1e-3  # between two samples: unseen (a fine-tune moves nearly every weight)
+    assert weights_digest(layer) == moved
+    with torch.no_grad():
+        layer.bias[-1] += 1e-3
+    assert weights_digest(layer) != moved
+    assert weights_digest(layer.to(torch.float64)) == weights_digest(layer.to(torch.float32))  # values, not dtype
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -66,9 +98,10 @@ def test_batched_encode_masks_and_shapes(xlmr):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_dtype_and_device(encoder_dirs, dtype):
+def test_dtype_and_device(encoder_dirs, encoders, dtype):
     enc = load_encoder(encoder_dirs["bert"], device="cpu", dtype=dtype)
     assert enc.dtype == dtype and enc.device.type == "cpu"
+    assert enc.info.weights == encoders["bert"].info.weights  # the checkpoint's digest, whatever it is cast to
     assert enc.encode(["hola"]).hidden.dtype == dtype
 
 
@@ -133,6 +166,7 @@ def test_int8_encoder_runs_quantized_and_stays_close(encoder_dirs, encoders, mod
     kinds = {type(m) for m in enc.model.modules()}
     assert DynamicInt8Linear in kinds and torch.nn.Linear not in kinds and enc.int8 and not full.int8
     assert enc.info == full.info  # same model for adapters: the same fingerprint
+    assert enc.info.weights == full.info.weights != ""  # the checkpoint's (int8 is keyed apart in the caches)
     texts = ["a red cat sleeping on a wooden roof", "кошка спит на крыше", "猫"]
     for layer in ("last", "penultimate"):
         a, b = full.encode(texts, layer).hidden, enc.encode(texts, layer).hidden

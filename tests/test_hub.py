@@ -281,6 +281,7 @@ def test_every_saved_adapter_gets_a_card_that_the_hub_client_parses(xlmr, tmp_pa
     path = make_adapter_file(tmp_path / "x.safetensors", xlmr, "sdxl", "linear", languages=["*"])
     card = ModelCard.load(tmp_path / "x.README.md")
     assert card.data.library_name == "babelclip" and {"stable-diffusion", "sdxl"} <= set(card.data.tags)
-    assert card.data.to_dict()["babelclip"]["encoder"]["fingerprint"] == xlmr.info.fingerprint
+    encoder = card.data.to_dict()["babelclip"]["encoder"]
+    assert encoder["fingerprint"] == xlmr.info.fingerprint and encoder["weights"] == xlmr.info.weights
     assert "Not evaluated" in card.text and "x.safetensors" in card.text
     assert hashlib.sha256(Path(path).read_bytes()).hexdigest()  # the adapter itself is unchanged by the card
