@@ -27,6 +27,7 @@ ALLOWED = {
     ("models/convert.py", 4096): "InternVL-14B's text width (MuLan's encoder), not a family's",
     ("models/adapter_file.py", 4096): "the most tensors an adapter file may hold, a count",
     ("nodes/training.py", 4096): "the largest batch size the Train node offers, a count",
+    ("models/encoder.py", 4096): "the most values of a tensor the encoder's weights digest reads, a count",
     # the converter's hints name the peers' encoders by their hidden widths
     ("models/convert.py", 768): "AltCLIP text model's width (PEA-Diffusion encoder hint)",
     ("models/convert.py", 1024): "XLM-R-large / Chinese-CLIP-H width (PEA-Diffusion encoder hint)",
