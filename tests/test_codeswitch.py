@@ -150,3 +150,31 @@ def test_a_stop_while_code_switching_ends_the_run_before_any_feature(tiny, tmp_p
     english = [w for p in job.pairs for w in p.en.split()]
     assert build_dictionary(encoder, english, progress=lambda *a: calls.append(a)) == build_dictionary(encoder, english)
     assert calls and calls[-1][0] == calls[-1][1] and [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+
+def test_a_fine_tune_of_the_encoder_makes_its_own_copies(tiny, tmp_path, monkeypatch, fine_tune):
+    """The copies are the encoder's input-embedding neighbours: a fine-tune (one vocabulary, so one fingerprint,
+    other embeddings) builds its own dictionary rather than reusing its base's copies."""
+    import collections
+
+    from babelclip.training import codeswitch, pipeline
+
+    monkeypatch.setattr(pipeline, "_copies", collections.OrderedDict())
+    built = []
+    real = codeswitch.build_dictionary
+    monkeypatch.setattr(codeswitch, "build_dictionary", lambda *a, **k: built.append(1) or real(*a, **k))
+    encoder, teacher = tiny
+    tuned = load_encoder(fine_tune(encoder.path, tmp_path / "tuned", scale=0.05))
+    assert tuned.info.fingerprint == encoder.info.fingerprint and tuned.info.weights != encoder.info.weights
+    pairs = synthetic.pairs(("en",))
+
+    def copies(enc):
+        job = TrainJob(pairs, enc, teacher, "linear teacher", get_recipe("altclip-kd"), "linear",
+                       TrainConfig(steps=2, batch_size=16), str(tmp_path / "x.safetensors"), str(tmp_path / "cache"))
+        return pipeline.codeswitched(job, pairs)
+
+    base = copies(encoder)
+    assert copies(encoder) == base and built == [1]  # kept in the process for the same encoder ...
+    own = copies(tuned)
+    assert built == [1, 1]  # ... but not handed to its fine-tune
+    assert own == codeswitch_pairs(pairs, tuned, seed=0) and own != base

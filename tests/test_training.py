@@ -103,6 +103,23 @@ def test_frozen_models_run_once_per_unique_text(synth_encoder, tmp_path):
         del synth_encoder.encode_ids
 
 
+def test_a_fine_tuned_encoder_never_reads_the_states_cached_from_its_base(xlmr, xlmr_fine_tune, tmp_path):
+    """One vocabulary (one fingerprint), other weights: each encoder caches and reads its own states."""
+    rows = synthetic.pairs()[:12]
+    teacher = synthetic.LinearTeacher(xlmr)
+    base = prepare_text_features(rows, xlmr, teacher, tmp_path)
+    tuned = prepare_text_features(rows, xlmr_fine_tune, teacher, tmp_path)  # the same cache folder
+    assert xlmr_fine_tune.info.fingerprint == xlmr.info.fingerprint
+    assert tuned.encoder_store.folder != base.encoder_store.folder
+    assert tuned.teacher_store.folder == base.teacher_store.folder  # the teacher's are shared, as they should be
+    again = prepare_text_features(rows, xlmr, teacher, tmp_path)  # the base after its fine-tune: still its own
+    for feats, encoder in ((base, xlmr), (tuned, xlmr_fine_tune), (again, xlmr)):
+        for p in rows[:4]:
+            own = encoder.encode([p.text]).hidden[0]
+            torch.testing.assert_close(feats.encoder_store.get(p.text), own, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(tuned.encoder_store.get(rows[0].text), base.encoder_store.get(rows[0].text), atol=1e-3)
+
+
 def test_interrupt_and_resume_follow_the_same_curve(task, tmp_path):
     _, tr, _ = task
     config = TrainConfig(steps=60, lr=2e-3, batch_size=16, checkpoint_every=25)
@@ -166,7 +183,8 @@ def test_host_runs_never_overwrite_and_name_their_checkpoint_by_the_settings(tmp
 
     from babelclip.training.data import Pair
 
-    encoder, teacher = SimpleNamespace(info=SimpleNamespace(fingerprint="e1")), SimpleNamespace(fingerprint="t1")
+    encoder = SimpleNamespace(info=SimpleNamespace(fingerprint="e1", weights="w1"))
+    teacher = SimpleNamespace(fingerprint="t1")
     pairs = [Pair("a cat", "一只猫", "zh")]
     cache = str(tmp_path / ".cache")
 
@@ -176,4 +194,5 @@ def test_host_runs_never_overwrite_and_name_their_checkpoint_by_the_settings(tmp
     assert os.path.basename(ckpt()).startswith("my_adapter_1-altclip-kd-linear-3-") and ckpt() == ckpt()
     other_data = [Pair("a dog", "一只狗", "zh")]
     other_teacher = SimpleNamespace(fingerprint="t2")
-    assert len({ckpt(), ckpt("mlp"), ckpt(pairs=other_data), ckpt(teacher=other_teacher)}) == 4
+    fine_tune = SimpleNamespace(info=SimpleNamespace(fingerprint="e1", weights="w2"))  # same vocabulary, other weights
+    assert len({ckpt(), ckpt("mlp"), ckpt(pairs=other_data), ckpt(teacher=other_teacher), ckpt(encoder=fine_tune)}) == 5

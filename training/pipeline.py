@@ -129,14 +129,15 @@ def unique_adapter_path(folder: str, name: str) -> str:
 def host_checkpoint_path(cache_dir: str, out: str, recipe: str, arch: str, seed: int, *, encoder, teacher,
                          pairs: Sequence[Pair]) -> str:
     """Where a host keeps the resumable checkpoint of a run writing ``out``: named by the adapter and the settings
-    that shape the run, and by a digest of what it learns from (the encoder's and the teacher's fingerprints and
-    the data rows), so that starting the same run again after a cancel resumes it and a run with other data or
-    models under the same name starts afresh."""
+    that shape the run, and by a digest of what it learns from (the encoder's fingerprint and weights digest, the
+    teacher's fingerprint and the data rows), so that starting the same run again after a cancel resumes it and a
+    run with other data or models under the same name (a fine-tune of the encoder too) starts afresh."""
     import hashlib
     import json
 
     rows = [[p.en, p.text, p.lang, p.image] for p in pairs]
-    identity = json.dumps([encoder.info.fingerprint, teacher.fingerprint, rows], ensure_ascii=False)
+    identity = json.dumps([encoder.info.fingerprint, encoder.info.weights, teacher.fingerprint, rows],
+                          ensure_ascii=False)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     stem = os.path.basename(out)[: -len(".safetensors")]
     return os.path.join(cache_dir, f"{stem}-{recipe}-{arch}-{seed}-{digest}.ckpt")
@@ -190,10 +191,12 @@ def _uses_codeswitch(job: TrainJob) -> bool:
 
 
 def _copies_key(job: TrainJob, train_pairs: Sequence[Pair]) -> tuple:
-    """What the copies depend on: the encoder's vocabulary (its fingerprint), the distinct English, the settings."""
+    """What the copies depend on: the encoder's vocabulary (its fingerprint) and input embeddings (its weights
+    digest: a fine-tune has the vocabulary but other neighbours), the distinct English, the settings."""
     english = json.dumps(sorted({p.en for p in train_pairs}), ensure_ascii=False)
     digest = hashlib.sha256(english.encode("utf-8", "surrogatepass")).hexdigest()
-    return job.encoder.info.fingerprint, digest, job.codeswitch, job.codeswitch_rate, job.config.seed
+    info = job.encoder.info
+    return info.fingerprint, info.weights, digest, job.codeswitch, job.codeswitch_rate, job.config.seed
 
 
 class _Stopped(Exception):
