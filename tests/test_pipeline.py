@@ -82,3 +82,23 @@ def test_small_sets_hold_nothing_out():
     few = pairs[: MIN_PAIRS_TO_HOLD_OUT - 1]
     assert split_for_training(few, 0.1, 0) == (few, [])
     assert split_for_training(pairs, 0.1, 0)[1]
+
+
+def test_other_code_switched_copies_name_another_host_checkpoint(tmp_path):
+    """A host's resume must not continue a run trained on other copies; the defaults keep the names they had."""
+    from types import SimpleNamespace
+
+    from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
+    from babelclip.training.data import Pair
+    from babelclip.training.pipeline import host_checkpoint_path
+
+    encoder = SimpleNamespace(info=SimpleNamespace(fingerprint="e1", weights="w1"))
+    teacher = SimpleNamespace(fingerprint="t1")
+
+    def ckpt(**codeswitch):
+        return host_checkpoint_path(str(tmp_path), str(tmp_path / "a.safetensors"), "altclip-kd", "linear", 0,
+                                    encoder=encoder, teacher=teacher, pairs=[Pair("a cat", "一只猫", "zh")],
+                                    **codeswitch)
+
+    assert ckpt() == ckpt(codeswitch=DEFAULT_COPIES, codeswitch_rate=DEFAULT_RATE)
+    assert len({ckpt(), ckpt(codeswitch=0), ckpt(codeswitch=2), ckpt(codeswitch_rate=0.25)}) == 4

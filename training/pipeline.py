@@ -127,17 +127,19 @@ def unique_adapter_path(folder: str, name: str) -> str:
 
 
 def host_checkpoint_path(cache_dir: str, out: str, recipe: str, arch: str, seed: int, *, encoder, teacher,
-                         pairs: Sequence[Pair]) -> str:
+                         pairs: Sequence[Pair], codeswitch: int = DEFAULT_COPIES,
+                         codeswitch_rate: float = DEFAULT_RATE) -> str:
     """Where a host keeps the resumable checkpoint of a run writing ``out``: named by the adapter and the settings
     that shape the run, and by a digest of what it learns from (the encoder's fingerprint and weights digest, the
-    teacher's fingerprint and the data rows), so that starting the same run again after a cancel resumes it and a
-    run with other data or models under the same name (a fine-tune of the encoder too) starts afresh."""
-    import hashlib
-    import json
-
+    teacher's fingerprint, the data rows and, when not the defaults, the code-switched copies' settings), so that
+    starting the same run again after a cancel resumes it and a run with other data or models under the same name
+    (a fine-tune of the encoder too) starts afresh. (The default copies add nothing: checkpoints named before the
+    setting existed still resume.)"""
     rows = [[p.en, p.text, p.lang, p.image] for p in pairs]
-    identity = json.dumps([encoder.info.fingerprint, encoder.info.weights, teacher.fingerprint, rows],
-                          ensure_ascii=False)
+    parts = [encoder.info.fingerprint, encoder.info.weights, teacher.fingerprint, rows]
+    if (codeswitch, codeswitch_rate) != (DEFAULT_COPIES, DEFAULT_RATE):
+        parts.append(["codeswitch", codeswitch, codeswitch_rate])
+    identity = json.dumps(parts, ensure_ascii=False)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     stem = os.path.basename(out)[: -len(".safetensors")]
     return os.path.join(cache_dir, f"{stem}-{recipe}-{arch}-{seed}-{digest}.ckpt")

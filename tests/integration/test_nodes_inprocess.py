@@ -211,6 +211,35 @@ def test_the_node_and_the_command_line_write_the_same_metadata(comfy_nodes, sd1_
         assert from_node.get(key) == from_cli.get(key), key
 
 
+def test_train_node_offers_the_code_switched_copies_last_and_zero_turns_them_off(comfy_nodes, sd1_clip, tmp_path):
+    """``codeswitch`` is the last optional input (saved workflows' positional widget values stay valid) with the
+    pipeline's default; 0 from the node trains on no copies, and the adapter's metadata says so."""
+    import json
+
+    import folder_paths
+
+    from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
+
+    from ..synthetic import corpus
+
+    node_class = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPTrainAdapter"]
+    optional = node_class.INPUT_TYPES()["optional"]
+    assert list(optional)[-1] == "codeswitch"
+    kind, options = optional["codeswitch"]
+    assert kind == "INT" and options["default"] == DEFAULT_COPIES and options["min"] == 0
+    assert "0 turns them off" in options["tooltip"] and "Text recipes only" in options["tooltip"]
+
+    rows = [f"{en}\t{de}\tde" for en, de in list(zip(corpus("en"), corpus("de")))[:12]]
+    (tmp_path / "pairs.tsv").write_text("en\ttext\tlang\n" + "\n".join(rows) + "\n", "utf-8")
+    folder_paths.set_input_directory(str(tmp_path))
+    encoder, _ = _load(comfy_nodes, "sd1.safetensors")
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        handle, _ = node_class().train(sd1_clip, encoder, "altclip-kd", "linear", "pairs.tsv", "", 2, 1e-3, 4, 0,
+                                       "no-copies", codeswitch=0)["result"]
+    recipe = json.loads(handle.spec.metadata["babelclip.recipe"])
+    assert recipe["codeswitch"] == {"copies": 0, "rate": DEFAULT_RATE, "pairs": 0}
+
+
 def test_comfy_unet_backward_reaches_the_conditioning_only(comfy_nodes, sd15_model):
     """The UNet recipes' gradient flows to the adapter's conditioning and to no UNet weight: ComfyUI's parameters
     keep requires_grad=True, and copies that kept it made each backward pass compute 860M weight gradients."""
