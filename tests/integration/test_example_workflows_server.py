@@ -18,8 +18,9 @@ def _is_widget(spec) -> bool:
     return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
 
 
-def _widgets(node_info: dict) -> list[tuple[str, dict, bool]]:
-    """(name, spec, has a control_after_generate value) of each widget, in the order the frontend makes them."""
+def _widgets(node_info: dict, *, optional: bool = False) -> list:
+    """(name, spec, has a control_after_generate value) of each widget, in the order the frontend makes them;
+    with ``optional``, (name, spec, control, whether it is an optional input)."""
     out = []
     for section in ("required", "optional"):
         for name, spec in node_info["input"].get(section, {}).items():
@@ -28,7 +29,7 @@ def _widgets(node_info: dict) -> list[tuple[str, dict, bool]]:
                 # both frontends add 'control_after_generate' after an INT named seed/noise_seed, or when asked
                 control = bool(options.get("control_after_generate")) or (
                     spec[0] == "INT" and name in ("seed", "noise_seed"))
-                out.append((name, options, control))
+                out.append((name, options, control) + ((section == "optional",) if optional else ()))
     return out
 
 
@@ -41,7 +42,12 @@ def to_api(workflow: dict, info: dict) -> dict:
             continue
         values = list(node.get("widgets_values") or [])
         inputs = {}
-        for name, _, control in _widgets(info[node["type"]]):
+        for name, options, control, is_optional in _widgets(info[node["type"]], optional=True):
+            if not values and is_optional and "default" in options:
+                # saved before this optional widget existed: the frontends set the values they have by position
+                # and leave the rest at their defaults
+                inputs[name] = options["default"]
+                continue
             assert values, f"{node['type']} #{node['id']}: no value for widget {name!r}"
             inputs[name] = values.pop(0)
             if control:
@@ -72,6 +78,25 @@ def test_example_workflows_match_the_servers_nodes(comfy):
             assert node["type"] in info or node["type"] in FRONTEND_ONLY, \
                 f"{f.name}: {node['type']} is not a node of {comfy.label}"
         to_api(wf, info)  # asserts that each node has exactly one value per widget
+
+
+def test_a_train_node_saved_before_its_codeswitch_input_queues_with_the_default(comfy):
+    """Workflows saved before the Train node had ``codeswitch`` (its last widget) have one value fewer: they
+    convert as the frontends load them, with the pipeline's default copies."""
+    from babelclip.training.codeswitch import DEFAULT_COPIES
+
+    info = comfy.get("/object_info")
+    names = [w[0] for w in _widgets(info["BabelCLIPTrainAdapter"])]
+    assert names[-1] == "codeswitch" and info["BabelCLIPTrainAdapter"]["input"]["optional"]["codeswitch"][1][
+        "default"] == DEFAULT_COPIES
+    wf = json.loads((FOLDER / "babelclip_sd15_train_in_graph.json").read_text(encoding="utf-8"))
+    node = next(n for n in wf["nodes"] if n["type"] == "BabelCLIPTrainAdapter")
+    old = node["widgets_values"][:-1] if len(node["widgets_values"]) == len(names) + 1 else node["widgets_values"]
+    assert old[-1] == "my-first-adapter"  # adapter_name: the last widget before codeswitch (after seed's control)
+    node["widgets_values"] = old
+    train = next(n for n in to_api(wf, info).values() if n["class_type"] == "BabelCLIPTrainAdapter")["inputs"]
+    assert train["codeswitch"] == DEFAULT_COPIES and train["adapter_name"] == "my-first-adapter"
+    assert train["steps"] == 300 and train["seed"] == 0
 
 
 def test_the_layout_tests_know_which_widgets_are_multiline(comfy):
