@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
+
 from ..conftest import make_adapter_file
 from .harness import KINDS
 
@@ -67,7 +69,8 @@ def test_the_api_trains_against_the_loaded_checkpoint_and_the_next_txt2img_uses_
         meta = f.metadata()
     teacher = json.loads(meta["babelclip.teacher"])
     assert teacher["fingerprint"] == answer["teacher"]["fingerprint"] and teacher["source"] == server.checkpoint_name
-    assert json.loads(meta["babelclip.recipe"])["steps"] == 40
+    recipe = json.loads(meta["babelclip.recipe"])
+    assert recipe["steps"] == 40 and recipe["codeswitch"]["copies"] == DEFAULT_COPIES  # the API's default
     assert "trained.safetensors" in server.get("/babelclip/v1/models")["adapters"]
 
     off = server.images(server.txt2img({"prompt": PROMPT, "steps": 2}))[0]
@@ -120,6 +123,7 @@ def test_bad_requests_answer_400_with_babelclips_message_and_the_server_goes_on(
     for bad, words in ((_request(recipe="pea"), "not one the web UI trains"),
                        (_request(encoder="missing"), "missing"),
                        (_request(prompts=""), "No training prompts"),
+                       (_request(codeswitch=-1), "negative"),
                        (_request(encoder="../../Stable-diffusion"), "outside")):
         with pytest.raises(WebUIError) as err:
             server.post("/babelclip/v1/train", bad)
@@ -133,7 +137,7 @@ from gradio_client import Client, handle_file
 url, encoder, data = sys.argv[1:4]
 client = Client(url, verbose=False)
 status, report, chart = client.predict(encoder, handle_file(data), "", "altclip-kd", "linear", 30, 0.001, 8, 0,
-                                       "from-tab", api_name="/babelclip_train")
+                                       "from-tab", 0, api_name="/babelclip_train")
 print(json.dumps({"status": status, "report": report, "chart": chart}))
 """
 
@@ -160,7 +164,13 @@ def test_the_tab_trains_through_the_web_uis_own_queue(kind, webui_factory, encod
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     assert "saved models/babelclip/from-tab.safetensors" in answer["status"], answer["status"]
     assert "| **average** |" in answer["report"] and answer["chart"]
-    assert (server.data_dir / "models" / "babelclip" / "from-tab.safetensors").is_file()
+    saved = server.data_dir / "models" / "babelclip" / "from-tab.safetensors"
+    assert saved.is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(saved), "pt") as f:  # the tab's code-switched copies box (0: none)
+        assert json.loads(f.metadata()["babelclip.recipe"])["codeswitch"] == {"copies": 0, "rate": DEFAULT_RATE,
+                                                                             "pairs": 0}
     assert server.txt2img({"prompt": PROMPT, **_on("from-tab.safetensors")})["images"]
 
 

@@ -1,0 +1,63 @@
+"""The web UI's training settings without a web UI: the tab's and the API's code-switched copies reach the
+pipeline's TrainJob (the web UI's ``modules`` stubbed). Training in a real Forge / Automatic1111: tests/webui/."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from babelclip.errors import InvalidDataError
+from babelclip.training.codeswitch import DEFAULT_COPIES
+from babelclip.webui import training as webui_training
+from babelclip.webui.training import TrainRequest, tab_request
+
+
+def test_the_tab_and_the_api_default_to_the_pipelines_copies_and_zero_stays_zero():
+    assert TrainRequest().codeswitch == DEFAULT_COPIES
+    tab = ("enc", None, "a cat\t一只猫\tzh", "altclip-kd", "linear", 10, 1e-3, 4, 0, "n")
+    assert tab_request(*tab, 0).codeswitch == 0  # not "empty, so the default"
+    assert tab_request(*tab, 3.0).codeswitch == 3
+    assert tab_request(*tab, None).codeswitch == tab_request(*tab, "").codeswitch == DEFAULT_COPIES
+    assert tab_request(*tab).adapter_name == "n" and tab_request(*tab).steps == 10
+    with pytest.raises(InvalidDataError, match="negative"):
+        TrainRequest(encoder="enc", codeswitch=-1).check()
+
+
+@pytest.mark.parametrize("copies", [0, 3])
+def test_the_requests_copies_reach_the_train_job_and_name_its_checkpoint(copies, monkeypatch, tmp_path):
+    state = SimpleNamespace(begin=lambda **_: None, end=lambda: None, interrupted=False, textinfo=None,
+                            sampling_step=0, sampling_steps=0, job_count=0)
+    stubs = {"modules": types.ModuleType("modules"),
+             "modules.call_queue": SimpleNamespace(queue_lock=threading.Lock()),
+             "modules.devices": SimpleNamespace(device=torch.device("cpu")),
+             "modules.shared": SimpleNamespace(state=state)}
+    for name, module in stubs.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    family = SimpleNamespace(label="SD 1.x", name="sd1")
+    teacher = SimpleNamespace(source=str(tmp_path / "model.safetensors"), family=family, clip_skip=None,
+                              fingerprint="t1")
+    encoder = SimpleNamespace(info=SimpleNamespace(fingerprint="e1", weights="w1"))
+    monkeypatch.setattr(webui_training, "_loaded_model", lambda: object())
+    monkeypatch.setattr(webui_training, "checkpoint_teacher", lambda model: teacher)
+    monkeypatch.setattr(webui_training, "teacher_agreement", lambda model, teacher: 1.0)
+    monkeypatch.setattr(webui_training, "resolve_inside", lambda roots, name, what: str(tmp_path / name))
+    monkeypatch.setattr(webui_training.runtime, "encoder_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(webui_training.runtime, "adapter_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(webui_training.runtime, "_kept", lambda kind, key, load: encoder)
+    jobs = []
+
+    def run_pipeline(job, hooks):
+        jobs.append(job)
+        return SimpleNamespace(stopped=False, stage="done", train=SimpleNamespace(step=job.config.steps), report=None)
+
+    monkeypatch.setattr(webui_training, "run_pipeline", run_pipeline)
+    request = TrainRequest(encoder="enc", prompts="a cat\t一只猫\tzh\na dog\t一只狗\tzh", steps=5, codeswitch=copies)
+    webui_training.train(request, on_log=lambda line: None)
+    webui_training.train(TrainRequest(encoder="enc", prompts=request.prompts, steps=5), on_log=lambda line: None)
+    assert [job.codeswitch for job in jobs] == [copies, DEFAULT_COPIES]
+    assert jobs[0].checkpoint != jobs[1].checkpoint  # a resume never continues a run on other copies
