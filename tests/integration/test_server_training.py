@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from babelclip.models import read_adapter_spec
+from babelclip.training.codeswitch import DEFAULT_COPIES
 from babelclip.training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, list_recipes
 from babelclip.training.trainer import TrainConfig
 
@@ -55,6 +56,11 @@ def test_train_node_offers_every_recipe(server):
     assert spec[1]["default"] == DEFAULT_RECIPE
     for r in list_recipes():  # the tooltip says what each one needs
         assert f"{r.name}: {r.needs}" in spec[1]["tooltip"]
+    optional = server.get("/object_info")["BabelCLIPTrainAdapter"]["input"]["optional"]
+    assert list(optional)[-1] == "codeswitch"  # last: saved workflows' positional widget values stay valid
+    kind, options = optional["codeswitch"]
+    assert kind == "INT" and options["default"] == DEFAULT_COPIES and options["min"] == 0
+    assert "code-switched copies" in options["tooltip"].lower() and "0 turns them off" in options["tooltip"]
 
 
 def test_denoiser_recipes_train_from_a_workflow(server):
