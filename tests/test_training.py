@@ -120,6 +120,22 @@ def test_a_fine_tuned_encoder_never_reads_the_states_cached_from_its_base(xlmr, 
     assert not torch.allclose(tuned.encoder_store.get(rows[0].text), base.encoder_store.get(rows[0].text), atol=1e-3)
 
 
+def test_a_half_precision_load_caches_apart_from_the_float32_one(xlmr, tmp_path):
+    """The same checkpoint loaded in bfloat16 (as a host may on a GPU) has slightly other states: its own store."""
+    rows = synthetic.pairs()[:6]
+    teacher = synthetic.LinearTeacher(xlmr)
+    full = prepare_text_features(rows, xlmr, teacher, tmp_path)
+    half = load_encoder(xlmr.path, dtype=torch.bfloat16)
+    assert half.info.weights == xlmr.info.weights
+    lowered = prepare_text_features(rows, half, teacher, tmp_path)
+    assert lowered.encoder_store.folder != full.encoder_store.folder
+    assert lowered.teacher_store.folder == full.teacher_store.folder
+    torch.testing.assert_close(lowered.encoder_store.get(rows[0].text),
+                               half.encode([rows[0].text]).hidden[0].float(), atol=1e-3, rtol=1e-3)
+    again = prepare_text_features(rows, xlmr, teacher, tmp_path)
+    assert again.encoder_store.folder == full.encoder_store.folder
+
+
 def test_interrupt_and_resume_follow_the_same_curve(task, tmp_path):
     _, tr, _ = task
     config = TrainConfig(steps=60, lr=2e-3, batch_size=16, checkpoint_every=25)

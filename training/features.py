@@ -156,6 +156,8 @@ def prepare_text_features(pairs: Sequence[Pair], encoder: MultilingualEncoder, t
                "model_type": encoder.info.model_type, "layer": str(layer), "max_length": encoder.max_length}
     if getattr(encoder, "int8", False):  # its states differ slightly from float32 ones (float32 keys unchanged)
         enc_key["int8"] = True
+    elif encoder.dtype != torch.float32:  # so do a float16 / bfloat16 load's (a host may load one on a GPU)
+        enc_key["load_dtype"] = str(encoder.dtype).removeprefix("torch.")  # ("dtype": the stored rows')
     enc_store = FeatureStore(cache_dir, enc_key, encoder.info.hidden_size)
     identity = {"kind": "teacher", "family": teacher.family.name, "fingerprint": teacher.fingerprint,
                 "clip_skip": str(getattr(teacher, "clip_skip", None))}
