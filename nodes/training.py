@@ -209,10 +209,9 @@ class TrainAdapter:
         path = _unique_path(adapter_name)
         cancel = Cancel()
         job = TrainJob(pairs, encoder.encoder, teacher, "ComfyUI CLIP", recipe_obj, arch, config, path, _cache_dir(),
-                       checkpoint=host_checkpoint_path(_cache_dir(), path, recipe, arch, seed, encoder=encoder.encoder,
-                                                       teacher=teacher, pairs=pairs, codeswitch=int(codeswitch)),
                        images=_images_hook(recipe_obj, pairs, teacher, model, vae, images, clip_vision),
                        codeswitch=int(codeswitch))
+        job.checkpoint = host_checkpoint_path(job)  # named by the job's own settings
         out = run_pipeline(job, Hooks(progress=_stage_bars(cancel), should_stop=cancel.should_stop))
         if out.stopped:  # cached features and the last finished step's checkpoint are kept for a rerun
             cancel.raise_if_cancelled()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -84,21 +85,40 @@ def test_small_sets_hold_nothing_out():
     assert split_for_training(pairs, 0.1, 0)[1]
 
 
-def test_other_code_switched_copies_name_another_host_checkpoint(tmp_path):
-    """A host's resume must not continue a run trained on other copies; the defaults keep the names they had."""
+def _host_job(tmp_path, **options) -> TrainJob:
+    """A job as a host makes it, on stand-ins for the models (the checkpoint's name reads only their identity)."""
     from types import SimpleNamespace
 
-    from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
     from babelclip.training.data import Pair
-    from babelclip.training.pipeline import host_checkpoint_path
 
     encoder = SimpleNamespace(info=SimpleNamespace(fingerprint="e1", weights="w1"))
     teacher = SimpleNamespace(fingerprint="t1")
+    return TrainJob([Pair("a cat", "一只猫", "zh")], encoder, teacher, "stand-in", get_recipe("altclip-kd"), "linear",
+                    TrainConfig(seed=3), str(tmp_path / "a.safetensors"), str(tmp_path / "cache"), **options)
+
+
+def test_other_code_switched_copies_name_another_host_checkpoint(tmp_path):
+    """A host's resume must not continue a run trained on other copies; the defaults keep the names they had."""
+    from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
+    from babelclip.training.pipeline import host_checkpoint_path
 
     def ckpt(**codeswitch):
-        return host_checkpoint_path(str(tmp_path), str(tmp_path / "a.safetensors"), "altclip-kd", "linear", 0,
-                                    encoder=encoder, teacher=teacher, pairs=[Pair("a cat", "一只猫", "zh")],
-                                    **codeswitch)
+        return host_checkpoint_path(_host_job(tmp_path, **codeswitch))
 
     assert ckpt() == ckpt(codeswitch=DEFAULT_COPIES, codeswitch_rate=DEFAULT_RATE)
     assert len({ckpt(), ckpt(codeswitch=0), ckpt(codeswitch=2), ckpt(codeswitch_rate=0.25)}) == 4
+
+
+def test_the_host_checkpoint_is_named_by_the_job_as_before(tmp_path):
+    """The name comes from the job alone (the settings are given once, to the job), and is the one hosts gave
+    before it did: a run cancelled under an older version resumes. The digests below are the older version's."""
+    from babelclip.training.pipeline import host_checkpoint_path
+
+    names = [os.path.relpath(host_checkpoint_path(_host_job(tmp_path, **copies)), tmp_path)
+             for copies in ({}, {"codeswitch": 0}, {"codeswitch": 2, "codeswitch_rate": 0.25})]
+    assert names == [os.path.join("cache", "a-altclip-kd-linear-3-18e3bb4940ca.ckpt"),
+                     os.path.join("cache", "a-altclip-kd-linear-3-a930fccaa218.ckpt"),
+                     os.path.join("cache", "a-altclip-kd-linear-3-fa3dfbe2a14b.ckpt")]
+    job = _host_job(tmp_path, codeswitch=0)
+    job.checkpoint = host_checkpoint_path(job)
+    assert job.checkpoint_path == job.checkpoint  # what run_pipeline resumes from

@@ -198,6 +198,9 @@ def test_host_runs_never_overwrite_and_name_their_checkpoint_by_the_settings(tmp
     from types import SimpleNamespace
 
     from babelclip.training.data import Pair
+    from babelclip.training.pipeline import TrainJob
+    from babelclip.training.recipes import get_recipe
+    from babelclip.training.trainer import TrainConfig
 
     encoder = SimpleNamespace(info=SimpleNamespace(fingerprint="e1", weights="w1"))
     teacher = SimpleNamespace(fingerprint="t1")
@@ -205,7 +208,8 @@ def test_host_runs_never_overwrite_and_name_their_checkpoint_by_the_settings(tmp
     cache = str(tmp_path / ".cache")
 
     def ckpt(arch="linear", encoder=encoder, teacher=teacher, pairs=pairs):
-        return host_checkpoint_path(cache, first, "altclip-kd", arch, 3, encoder=encoder, teacher=teacher, pairs=pairs)
+        return host_checkpoint_path(TrainJob(pairs, encoder, teacher, "stand-in", get_recipe("altclip-kd"), arch,
+                                             TrainConfig(seed=3), first, cache))
 
     assert os.path.basename(ckpt()).startswith("my_adapter_1-altclip-kd-linear-3-") and ckpt() == ckpt()
     other_data = [Pair("a dog", "一只狗", "zh")]

@@ -3,6 +3,7 @@ pipeline's TrainJob (the web UI's ``modules`` stubbed). Training in a real Forge
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import types
@@ -13,6 +14,7 @@ import torch
 
 from babelclip.errors import InvalidDataError
 from babelclip.training.codeswitch import DEFAULT_COPIES
+from babelclip.training.pipeline import host_checkpoint_path
 from babelclip.webui import training as webui_training
 from babelclip.webui.training import TrainRequest, tab_request
 
@@ -61,3 +63,6 @@ def test_the_requests_copies_reach_the_train_job_and_name_its_checkpoint(copies,
     webui_training.train(TrainRequest(encoder="enc", prompts=request.prompts, steps=5), on_log=lambda line: None)
     assert [job.codeswitch for job in jobs] == [copies, DEFAULT_COPIES]
     assert jobs[0].checkpoint != jobs[1].checkpoint  # a resume never continues a run on other copies
+    # named by the job itself: the copies it trains on are the ones its checkpoint's name says
+    assert [job.checkpoint for job in jobs] == [host_checkpoint_path(job) for job in jobs]
+    assert all(os.path.dirname(job.checkpoint) == job.cache_dir for job in jobs)

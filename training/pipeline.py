@@ -126,23 +126,23 @@ def unique_adapter_path(folder: str, name: str) -> str:
     return path
 
 
-def host_checkpoint_path(cache_dir: str, out: str, recipe: str, arch: str, seed: int, *, encoder, teacher,
-                         pairs: Sequence[Pair], codeswitch: int = DEFAULT_COPIES,
-                         codeswitch_rate: float = DEFAULT_RATE) -> str:
-    """Where a host keeps the resumable checkpoint of a run writing ``out``: named by the adapter and the settings
-    that shape the run, and by a digest of what it learns from (the encoder's fingerprint and weights digest, the
-    teacher's fingerprint, the data rows and, when not the defaults, the code-switched copies' settings), so that
-    starting the same run again after a cancel resumes it and a run with other data or models under the same name
-    (a fine-tune of the encoder too) starts afresh. (The default copies add nothing: checkpoints named before the
-    setting existed still resume.)"""
-    rows = [[p.en, p.text, p.lang, p.image] for p in pairs]
-    parts = [encoder.info.fingerprint, encoder.info.weights, teacher.fingerprint, rows]
-    if (codeswitch, codeswitch_rate) != (DEFAULT_COPIES, DEFAULT_RATE):
-        parts.append(["codeswitch", codeswitch, codeswitch_rate])
+def host_checkpoint_path(job: TrainJob) -> str:
+    """Where a host keeps the resumable checkpoint of ``job`` (set it as ``job.checkpoint``): in ``job.cache_dir``,
+    named by the adapter ``job.out`` and the settings that shape the run (recipe, arch, seed), and by a digest of
+    what it learns from (the encoder's fingerprint and weights digest, the teacher's fingerprint, the data rows
+    and, when not the defaults, the code-switched copies' settings), so that starting the same run again after a
+    cancel resumes it and a run with other data or models under the same name (a fine-tune of the encoder too)
+    starts afresh. Everything is read from the job, so the name cannot disagree with what the job trains. (The
+    default copies add nothing: checkpoints named before the setting existed still resume.)"""
+    rows = [[p.en, p.text, p.lang, p.image] for p in job.pairs]
+    info = job.encoder.info
+    parts = [info.fingerprint, info.weights, job.teacher.fingerprint, rows]
+    if (job.codeswitch, job.codeswitch_rate) != (DEFAULT_COPIES, DEFAULT_RATE):
+        parts.append(["codeswitch", job.codeswitch, job.codeswitch_rate])
     identity = json.dumps(parts, ensure_ascii=False)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
-    stem = os.path.basename(out)[: -len(".safetensors")]
-    return os.path.join(cache_dir, f"{stem}-{recipe}-{arch}-{seed}-{digest}.ckpt")
+    stem = os.path.basename(job.out)[: -len(".safetensors")]
+    return os.path.join(job.cache_dir, f"{stem}-{job.recipe.name}-{job.arch}-{job.config.seed}-{digest}.ckpt")
 
 
 def split_for_training(pairs: Sequence[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:

@@ -214,14 +214,12 @@ def train(request: TrainRequest, on_log=None) -> dict:
             encoder = runtime._kept("encoder", (enc_path, False), lambda: load_encoder(enc_path))
             out = unique_adapter_path(runtime.adapter_dir(), request.adapter_name)
             cache = os.path.join(runtime.adapter_dir(), ".cache")
-            checkpoint = host_checkpoint_path(cache, out, request.recipe, request.arch, request.seed,
-                                              encoder=encoder, teacher=teacher, pairs=pairs,
-                                              codeswitch=request.codeswitch)
             device = devices.device if isinstance(devices.device, torch.device) else torch.device(devices.device)
             config = TrainConfig(steps=request.steps, lr=request.learning_rate, batch_size=request.batch_size,
                                  seed=request.seed, device="cpu" if device.type == "cpu" else str(device))
             job = TrainJob(pairs, encoder, teacher, os.path.basename(teacher.source), recipe, request.arch, config,
-                           out, cache, checkpoint=checkpoint, report_files=True, codeswitch=request.codeswitch)
+                           out, cache, report_files=True, codeswitch=request.codeswitch)
+            job.checkpoint = host_checkpoint_path(job)  # named by the job's own settings
             result = run_pipeline(job, Hooks(progress=progress, should_stop=lambda: bool(shared.state.interrupted),
                                              log=on_log or log.info))
         finally:
