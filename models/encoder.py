@@ -93,6 +93,13 @@ class EncoderInfo:
     #: of the encoder's outputs are keyed by both.
     weights: str = ""
 
+    @property
+    def identity(self) -> dict:
+        """The checkpoint's identity, for every key of what the encoder computes (feature caches, code-switched
+        copies, host checkpoints' names): the vocabulary (``fingerprint``) and the weights digest (``weights``),
+        in that order. A fine-tune shares the first only, so a key that left out either would mix two models."""
+        return {"fingerprint": self.fingerprint, "weights": self.weights}
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -12,7 +12,7 @@ import torch
 
 from babelclip.errors import InvalidDataError, InvalidModelFileError, UnsupportedModelError
 from babelclip.models import load_encoder
-from babelclip.models.encoder import weights_digest
+from babelclip.models.encoder import EncoderInfo, weights_digest
 from babelclip.models.tiny import TINY_ENCODER_TYPES
 
 FAMILIES = TINY_ENCODER_TYPES
@@ -38,6 +38,16 @@ def test_the_weights_digest_names_the_checkpoint_and_the_fingerprint_its_vocabul
     assert load_encoder(encoder_dirs["xlm-roberta"]).info.weights == xlmr.info.weights
     assert len({e.info.weights for e in encoders.values()}) == len(encoders)
     assert xlmr.info.to_dict()["weights"] == xlmr.info.weights
+
+
+def test_the_identity_is_the_fingerprint_then_the_weights_digest(xlmr, xlmr_fine_tune):
+    """``identity``: the one spelling of what keys the encoder's computations (feature caches, code-switched
+    copies, host checkpoints), in the order and with the names those keys had before it existed."""
+    info = EncoderInfo("e", "xlm-roberta", 32, 2, 100, "e1", weights="w1")
+    assert info.identity == {"fingerprint": "e1", "weights": "w1"} and list(info.identity) == ["fingerprint", "weights"]
+    assert xlmr.info.identity == {"fingerprint": xlmr.info.fingerprint, "weights": xlmr.info.weights}
+    assert xlmr_fine_tune.info.identity != xlmr.info.identity  # one vocabulary, other weights
+    assert "identity" not in xlmr.info.to_dict()  # not stored in adapter files: the fields are
 
 
 def test_the_weights_digest_reads_a_strided_sample_of_each_tensor():

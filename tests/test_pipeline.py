@@ -9,6 +9,7 @@ import pytest
 
 from babelclip.errors import InvalidDataError
 from babelclip.models import load_encoder, read_adapter_spec
+from babelclip.models.encoder import EncoderInfo
 from babelclip.models.tiny import build_tiny_encoder
 from babelclip.training.pipeline import MIN_PAIRS_TO_HOLD_OUT, Hooks, TrainJob, run_pipeline, split_for_training
 from babelclip.training.recipes import get_recipe
@@ -91,7 +92,7 @@ def _host_job(tmp_path, **options) -> TrainJob:
 
     from babelclip.training.data import Pair
 
-    encoder = SimpleNamespace(info=SimpleNamespace(fingerprint="e1", weights="w1"))
+    encoder = SimpleNamespace(info=EncoderInfo("e", "xlm-roberta", 32, 2, 100, "e1", weights="w1"))
     teacher = SimpleNamespace(fingerprint="t1")
     return TrainJob([Pair("a cat", "一只猫", "zh")], encoder, teacher, "stand-in", get_recipe("altclip-kd"), "linear",
                     TrainConfig(seed=3), str(tmp_path / "a.safetensors"), str(tmp_path / "cache"), **options)
@@ -122,3 +123,22 @@ def test_the_host_checkpoint_is_named_by_the_job_as_before(tmp_path):
     job = _host_job(tmp_path, codeswitch=0)
     job.checkpoint = host_checkpoint_path(job)
     assert job.checkpoint_path == job.checkpoint  # what run_pipeline resumes from
+
+
+def test_the_copies_and_the_host_checkpoint_are_keyed_by_the_encoder_identity(tmp_path):
+    """Both read ``EncoderInfo.identity`` (one place says what identifies the encoder's checkpoint)."""
+    import dataclasses
+
+    from babelclip.training.pipeline import _copies_key, host_checkpoint_path
+
+    @dataclasses.dataclass(frozen=True)
+    class Marked(EncoderInfo):
+        @property
+        def identity(self) -> dict:
+            return {**super().identity, "mark": 1}
+
+    job = _host_job(tmp_path)
+    marked = dataclasses.replace(job, encoder=type(job.encoder)(info=Marked(**job.encoder.info.to_dict())))
+    assert _copies_key(job, job.pairs)[:2] == ("e1", "w1")  # the values it had before the property
+    assert _copies_key(marked, job.pairs)[:3] == ("e1", "w1", 1)
+    assert host_checkpoint_path(marked) != host_checkpoint_path(job)

@@ -9,6 +9,7 @@ import torch
 
 from babelclip.errors import InvalidDataError
 from babelclip.models import build_adapter, load_encoder
+from babelclip.models.encoder import EncoderInfo
 from babelclip.models.tiny import build_tiny_encoder
 from babelclip.training.data import split_pairs
 from babelclip.training.evaluation import evaluate_embeddings
@@ -120,6 +121,31 @@ def test_a_fine_tuned_encoder_never_reads_the_states_cached_from_its_base(xlmr, 
     assert not torch.allclose(tuned.encoder_store.get(rows[0].text), base.encoder_store.get(rows[0].text), atol=1e-3)
 
 
+def test_the_encoder_cache_is_keyed_by_the_encoder_identity_as_before(xlmr, tmp_path, monkeypatch):
+    """The encoder's store is keyed by ``EncoderInfo.identity``, with the key it had when the fingerprint and the
+    weights digest were spelled out here (states cached before stay found)."""
+    import dataclasses
+
+    from babelclip.training.cache import FeatureStore
+
+    rows = synthetic.pairs()[:4]
+    teacher = synthetic.LinearTeacher(xlmr)
+    feats = prepare_text_features(rows, xlmr, teacher, tmp_path)
+    before = {"kind": "encoder", "fingerprint": xlmr.info.fingerprint, "weights": xlmr.info.weights,
+              "model_type": xlmr.info.model_type, "layer": "last", "max_length": xlmr.max_length}
+    assert feats.encoder_store.folder == FeatureStore(tmp_path, before, xlmr.info.hidden_size).folder
+
+    @dataclasses.dataclass(frozen=True)
+    class Marked(EncoderInfo):
+        @property
+        def identity(self) -> dict:
+            return {**super().identity, "mark": 1}
+
+    monkeypatch.setattr(xlmr, "info", Marked(**xlmr.info.to_dict()))
+    marked = prepare_text_features(rows, xlmr, teacher, tmp_path)
+    assert marked.encoder_store.key["mark"] == 1 and marked.encoder_store.folder != feats.encoder_store.folder
+
+
 def test_a_half_precision_load_caches_apart_from_the_float32_one(xlmr, tmp_path):
     """The same checkpoint loaded in bfloat16 (as a host may on a GPU) has slightly other states: its own store."""
     rows = synthetic.pairs()[:6]
@@ -202,7 +228,7 @@ def test_host_runs_never_overwrite_and_name_their_checkpoint_by_the_settings(tmp
     from babelclip.training.recipes import get_recipe
     from babelclip.training.trainer import TrainConfig
 
-    encoder = SimpleNamespace(info=SimpleNamespace(fingerprint="e1", weights="w1"))
+    encoder = SimpleNamespace(info=EncoderInfo("e", "xlm-roberta", 32, 2, 100, "e1", weights="w1"))
     teacher = SimpleNamespace(fingerprint="t1")
     pairs = [Pair("a cat", "一只猫", "zh")]
     cache = str(tmp_path / ".cache")
@@ -214,5 +240,6 @@ def test_host_runs_never_overwrite_and_name_their_checkpoint_by_the_settings(tmp
     assert os.path.basename(ckpt()).startswith("my_adapter_1-altclip-kd-linear-3-") and ckpt() == ckpt()
     other_data = [Pair("a dog", "一只狗", "zh")]
     other_teacher = SimpleNamespace(fingerprint="t2")
-    fine_tune = SimpleNamespace(info=SimpleNamespace(fingerprint="e1", weights="w2"))  # same vocabulary, other weights
+    # same vocabulary, other weights
+    fine_tune = SimpleNamespace(info=EncoderInfo("e", "xlm-roberta", 32, 2, 100, "e1", weights="w2"))
     assert len({ckpt(), ckpt("mlp"), ckpt(pairs=other_data), ckpt(teacher=other_teacher), ckpt(encoder=fine_tune)}) == 5

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from babelclip.errors import InvalidDataError
+from babelclip.models.encoder import EncoderInfo
 from babelclip.training.codeswitch import DEFAULT_COPIES
 from babelclip.training.pipeline import host_checkpoint_path
 from babelclip.webui import training as webui_training
@@ -43,7 +44,7 @@ def test_the_requests_copies_reach_the_train_job_and_name_its_checkpoint(copies,
     family = SimpleNamespace(label="SD 1.x", name="sd1")
     teacher = SimpleNamespace(source=str(tmp_path / "model.safetensors"), family=family, clip_skip=None,
                               fingerprint="t1")
-    encoder = SimpleNamespace(info=SimpleNamespace(fingerprint="e1", weights="w1"))
+    encoder = SimpleNamespace(info=EncoderInfo("e", "xlm-roberta", 32, 2, 100, "e1", weights="w1"))
     monkeypatch.setattr(webui_training, "_loaded_model", lambda: object())
     monkeypatch.setattr(webui_training, "checkpoint_teacher", lambda model: teacher)
     monkeypatch.setattr(webui_training, "teacher_agreement", lambda model, teacher: 1.0)

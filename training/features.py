@@ -151,8 +151,8 @@ def prepare_text_features(pairs: Sequence[Pair], encoder: MultilingualEncoder, t
     """
     if teacher_layout not in TEACHER_LAYOUTS:
         raise ValueError(f"teacher_layout must be one of {TEACHER_LAYOUTS}, not {teacher_layout!r}")
-    # the fingerprint names the vocabulary, the weights digest the checkpoint: a fine-tune shares the first only
-    enc_key = {"kind": "encoder", "fingerprint": encoder.info.fingerprint, "weights": encoder.info.weights,
+    # the vocabulary and the weights digest (a fine-tune shares the first only): the keys cached before the property
+    enc_key = {"kind": "encoder", **encoder.info.identity,
                "model_type": encoder.info.model_type, "layer": str(layer), "max_length": encoder.max_length}
     if getattr(encoder, "int8", False):  # its states differ slightly from float32 ones (float32 keys unchanged)
         enc_key["int8"] = True

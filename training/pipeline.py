@@ -135,8 +135,8 @@ def host_checkpoint_path(job: TrainJob) -> str:
     starts afresh. Everything is read from the job, so the name cannot disagree with what the job trains. (The
     default copies add nothing: checkpoints named before the setting existed still resume.)"""
     rows = [[p.en, p.text, p.lang, p.image] for p in job.pairs]
-    info = job.encoder.info
-    parts = [info.fingerprint, info.weights, job.teacher.fingerprint, rows]
+    # (fingerprint, weights): the order in which the names were digested before EncoderInfo.identity
+    parts = [*job.encoder.info.identity.values(), job.teacher.fingerprint, rows]
     if (job.codeswitch, job.codeswitch_rate) != (DEFAULT_COPIES, DEFAULT_RATE):
         parts.append(["codeswitch", job.codeswitch, job.codeswitch_rate])
     identity = json.dumps(parts, ensure_ascii=False)
@@ -197,8 +197,7 @@ def _copies_key(job: TrainJob, train_pairs: Sequence[Pair]) -> tuple:
     digest: a fine-tune has the vocabulary but other neighbours), the distinct English, the settings."""
     english = json.dumps(sorted({p.en for p in train_pairs}), ensure_ascii=False)
     digest = hashlib.sha256(english.encode("utf-8", "surrogatepass")).hexdigest()
-    info = job.encoder.info
-    return info.fingerprint, info.weights, digest, job.codeswitch, job.codeswitch_rate, job.config.seed
+    return (*job.encoder.info.identity.values(), digest, job.codeswitch, job.codeswitch_rate, job.config.seed)
 
 
 class _Stopped(Exception):
