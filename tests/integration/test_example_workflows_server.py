@@ -7,7 +7,10 @@ import json
 
 import pytest
 
+from babelclip.models import read_adapter_spec
+
 from ..test_example_workflows import FILES, FOLDER, FRONTEND_ONLY, MULTILINE
+from .cheap import CLIP_FILE, ENCODER, execution_error, link_clip
 
 pytestmark = pytest.mark.integration
 
@@ -80,23 +83,71 @@ def test_example_workflows_match_the_servers_nodes(comfy):
         to_api(wf, info)  # asserts that each node has exactly one value per widget
 
 
-def test_a_train_node_saved_before_its_codeswitch_input_queues_with_the_default(comfy):
+TRAIN_EXAMPLE = FOLDER / "babelclip_sd15_train_in_graph.json"
+
+
+def _train_graph(comfy, sd15_folder, prompt: dict, **train_inputs) -> tuple[dict, str]:
+    """The Train node of an API prompt of the train example and what feeds it, cheap: its CLIP from CLIPLoader
+    (the random SD1.5's CLIP-L alone, not the whole 2 GB checkpoint), the tiny encoder, 2 steps; no sampling
+    (the Train node is an output node). Returns (graph, the Train node's id)."""
+    train_id, train = next((nid, n) for nid, n in prompt.items() if n["class_type"] == "BabelCLIPTrainAdapter")
+    clip_id, encoder_id = train["inputs"]["clip"][0], train["inputs"]["encoder"][0]
+    link_clip(comfy.root, sd15_folder)
+    encoder = prompt[encoder_id]
+    graph = {clip_id: {"class_type": "CLIPLoader", "inputs": {"clip_name": CLIP_FILE, "type": "stable_diffusion"}},
+             encoder_id: {**encoder, "inputs": {**encoder["inputs"], "encoder_name": ENCODER}},
+             train_id: {**train, "inputs": {**train["inputs"], "clip": [clip_id, 0], "steps": 2, **train_inputs}}}
+    return graph, train_id
+
+
+def _trained_recipe(comfy, graph: dict, train_id: str) -> dict:
+    """Queue ``graph`` and return the ``babelclip.recipe`` metadata of the adapter its Train node saved."""
+    entry = comfy.run(graph, timeout=600)
+    assert entry["status"]["status_str"] == "success", (
+        entry["status"], execution_error(entry) if entry["status"]["status_str"] == "error" else None)
+    [saved] = entry["outputs"][train_id]["text"]  # "saved <name>" (numbered when the name was taken)
+    spec = read_adapter_spec(comfy.root / "models" / "babelclip" / saved.removeprefix("saved "))
+    return json.loads(spec.metadata["babelclip.recipe"])
+
+
+def test_a_train_node_saved_before_its_codeswitch_input_queues_with_the_default(comfy, sd15_folder):
     """Workflows saved before the Train node had ``codeswitch`` (its last widget) have one value fewer: they
-    convert as the frontends load them, with the pipeline's default copies."""
-    from babelclip.training.codeswitch import DEFAULT_COPIES
+    convert as the frontends load them, and the queued run trains on the pipeline's default copies (the
+    adapter's metadata says so)."""
+    from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
 
     info = comfy.get("/object_info")
     names = [w[0] for w in _widgets(info["BabelCLIPTrainAdapter"])]
     assert names[-1] == "codeswitch" and info["BabelCLIPTrainAdapter"]["input"]["optional"]["codeswitch"][1][
         "default"] == DEFAULT_COPIES
-    wf = json.loads((FOLDER / "babelclip_sd15_train_in_graph.json").read_text(encoding="utf-8"))
+    wf = json.loads(TRAIN_EXAMPLE.read_text(encoding="utf-8"))
     node = next(n for n in wf["nodes"] if n["type"] == "BabelCLIPTrainAdapter")
     old = node["widgets_values"][:-1] if len(node["widgets_values"]) == len(names) + 1 else node["widgets_values"]
     assert old[-1] == "my-first-adapter"  # adapter_name: the last widget before codeswitch (after seed's control)
     node["widgets_values"] = old
-    train = next(n for n in to_api(wf, info).values() if n["class_type"] == "BabelCLIPTrainAdapter")["inputs"]
+    prompt = to_api(wf, info)
+    train = next(n for n in prompt.values() if n["class_type"] == "BabelCLIPTrainAdapter")["inputs"]
     assert train["codeswitch"] == DEFAULT_COPIES and train["adapter_name"] == "my-first-adapter"
     assert train["steps"] == 300 and train["seed"] == 0
+
+    # one English prompt of the example's (the copies' dictionary costs per distinct English word), 9 languages
+    cat = "\n".join(row for row in train["prompts"].splitlines() if row.startswith("an orange tabby cat\t"))
+    recipe = _trained_recipe(comfy, *_train_graph(comfy, sd15_folder, prompt, prompts=cat, batch_size=4,
+                                                  adapter_name="saved-before-codeswitch"))
+    # (the settings: the tiny encoder's random vocabulary may give no neighbours, so no copies are counted)
+    assert recipe["codeswitch"]["copies"] == DEFAULT_COPIES and recipe["codeswitch"]["rate"] == DEFAULT_RATE
+    assert recipe["steps"] == 2
+
+
+def test_the_train_example_with_codeswitch_0_trains_on_no_copies(comfy, sd15_folder):
+    """``codeswitch: 0`` in the queued workflow reaches the run: the adapter's metadata says no copies, none made."""
+    from babelclip.training.codeswitch import DEFAULT_RATE
+
+    prompt = to_api(json.loads(TRAIN_EXAMPLE.read_text(encoding="utf-8")), comfy.get("/object_info"))
+    recipe = _trained_recipe(comfy, *_train_graph(comfy, sd15_folder, prompt, codeswitch=0,
+                                                  adapter_name="example-no-copies"))
+    assert recipe["codeswitch"] == {"copies": 0, "rate": DEFAULT_RATE, "pairs": 0}
+    assert recipe["steps"] == 2
 
 
 def test_the_layout_tests_know_which_widgets_are_multiline(comfy):
@@ -116,7 +167,7 @@ def test_the_layout_tests_know_which_widgets_are_multiline(comfy):
 def test_train_in_graph_example_runs_as_shipped(comfy):
     """The example needs no adapter file. Only what the test server lacks changes: its checkpoint is a diffusers
     folder (DiffusersLoader gives the same MODEL, CLIP, VAE), its encoder is tiny; and fewer steps, smaller image."""
-    wf = json.loads((FOLDER / "babelclip_sd15_train_in_graph.json").read_text(encoding="utf-8"))
+    wf = json.loads(TRAIN_EXAMPLE.read_text(encoding="utf-8"))
     prompt = to_api(wf, comfy.get("/object_info"))
     by_type = {n["class_type"]: (nid, n) for nid, n in prompt.items()}
     ckpt_id, _ = by_type["CheckpointLoaderSimple"]
