@@ -133,7 +133,10 @@ def test_a_stop_while_code_switching_ends_the_run_before_any_feature(tiny, tmp_p
         seen.append((stage, done, total))
 
     out = run_pipeline(job, Hooks(progress=progress, should_stop=lambda: bool(seen), log=lambda line: None))
-    assert out.stopped and out.stage == "features" and out.train is None and out.path is None
+    assert out.stopped and out.stage == pipeline.CODESWITCH_STAGE and out.train is None and out.path is None
+    from babelclip.training.cli import stopped_message
+
+    assert stopped_message(out, None).startswith("stopped while making the code-switched copies")
     total = seen[0][2]
     assert total > 2 and seen == [(pipeline.CODESWITCH_STAGE, 2, total)]  # stopped after the first chunk
     assert not os.path.exists(job.out) and not os.path.exists(job.checkpoint_path)

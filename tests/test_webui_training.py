@@ -67,3 +67,12 @@ def test_the_requests_copies_reach_the_train_job_and_name_its_checkpoint(copies,
     # named by the job itself: the copies it trains on are the ones its checkpoint's name says
     assert [job.checkpoint for job in jobs] == [host_checkpoint_path(job) for job in jobs]
     assert all(os.path.dirname(job.checkpoint) == job.cache_dir for job in jobs)
+
+
+def test_an_interrupted_runs_message_names_the_stage_it_stopped_in():
+    from babelclip.training.pipeline import CODESWITCH_STAGE
+
+    assert webui_training.stopped_message("training", 3, 10) == ("interrupted at step 3 of 10; start the same "
+                                                                 "settings again to resume there")
+    assert "code-switched copies" in webui_training.stopped_message(CODESWITCH_STAGE, 0, 10)
+    assert "caching features" in webui_training.stopped_message("features", 0, 10)

@@ -338,6 +338,11 @@ def run_train(args, plan: TrainPlan, prepared=None):
 
 
 def stopped_message(result, plan: TrainPlan) -> str:
+    from .pipeline import CODESWITCH_STAGE
+
+    if result.stage == CODESWITCH_STAGE:
+        return ("stopped while making the code-switched copies (nothing was cached yet); run the same command again "
+                "to start there")
     if result.stage == "features":
         return "stopped while caching features (what was cached is kept); run the same command again to continue"
     return f"stopped at step {result.train.step}/{plan.config.steps}; checkpoint {plan.out}.ckpt"

@@ -106,7 +106,7 @@ class Hooks:
 @dataclasses.dataclass
 class PipelineResult:
     stopped: bool
-    stage: str  # where it ended: "features" (also a stop while making the code-switched copies), "training", "saved"
+    stage: str  # where it ended: CODESWITCH_STAGE (stopped making the copies), "features", "training", "saved"
     path: str | None = None
     adapter: object = None
     train: TrainResult | None = None
@@ -330,7 +330,7 @@ def run_pipeline(job: TrainJob, hooks: Hooks | None = None) -> PipelineResult:
     hooks.log(f"{len(train_pairs)} training and {len(val_pairs)} held-out pairs")
     extra = codeswitched(job, train_pairs, hooks)
     if extra is None:  # stopped while making the copies: nothing was cached yet, a rerun starts there again
-        return PipelineResult(True, "features", adapter=adapter)
+        return PipelineResult(True, CODESWITCH_STAGE, adapter=adapter)
     if extra:
         hooks.log(f"{len(extra)} code-switched copies of the training English (up to {job.codeswitch} per prompt)")
     state = process_state(job.config.device)

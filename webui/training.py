@@ -32,7 +32,8 @@ from ..models.teacher import load_teacher
 from ..training.codeswitch import DEFAULT_COPIES
 from ..training.data import dedup, pairs_from_text, read_pairs
 from ..training.evaluation import report_markdown
-from ..training.pipeline import Hooks, TrainJob, host_checkpoint_path, run_pipeline, unique_adapter_path
+from ..training.pipeline import (CODESWITCH_STAGE, Hooks, TrainJob, host_checkpoint_path, run_pipeline,
+                                 unique_adapter_path)
 from ..training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, text_recipe_names, training_recipe
 from ..training.trainer import TrainConfig
 from . import runtime
@@ -239,10 +240,18 @@ def train(request: TrainRequest, on_log=None) -> dict:
         answer["metrics"] = result.report["average"]
         answer["chart"] = name[: -len(".safetensors")] + ".eval.png"  # in models/babelclip
     if result.stopped:
-        answer["message"] = (f"interrupted at step {answer['step']} of {request.steps}; start the same settings again "
-                             f"to resume there" if result.stage == "training" else
-                             "interrupted while caching features (kept); start the same settings again to go on")
+        answer["message"] = stopped_message(result.stage, answer["step"], request.steps)
     return answer
+
+
+def stopped_message(stage: str, step: int, steps: int) -> str:
+    """What the API and the tab say about a run interrupted in ``stage`` (a PipelineResult's)."""
+    if stage == "training":
+        return f"interrupted at step {step} of {steps}; start the same settings again to resume there"
+    if stage == CODESWITCH_STAGE:
+        return ("interrupted while making the code-switched copies (nothing was cached yet); start the same settings "
+                "again to start there")
+    return "interrupted while caching features (kept); start the same settings again to go on"
 
 
 # ------------------------------------------------------------------------------------------------ the tab
