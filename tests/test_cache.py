@@ -107,6 +107,15 @@ def test_dtype_and_layout_are_part_of_the_key(tmp_path):
     assert len(calls) == 3 and len({p.name for p in tmp_path.iterdir()}) == 3
 
 
+@pytest.mark.parametrize("field", ["dtype", "dim", "format"])
+def test_a_key_may_not_set_the_stores_own_fields(tmp_path, field):
+    """They would silently replace the caller's value (an encoder's load dtype once went missing that way), so two
+    kinds of rows would share one folder."""
+    with pytest.raises(ValueError, match=field):
+        FeatureStore(tmp_path, {"kind": "encoder", field: "bfloat16"}, 4)
+    assert not list(tmp_path.iterdir())  # refused before any folder is made
+
+
 def test_a_folder_holding_another_key_is_refused(tmp_path):
     store = FeatureStore(tmp_path, {"kind": "e", "layout": "a"}, 4)
     with open(os.path.join(store.folder, "key.json"), "w") as f:

@@ -109,7 +109,11 @@ class FeatureStore:
     def __init__(self, root: str | os.PathLike, key: dict, dim: int, dtype: str = "float32"):
         if dtype not in DTYPES:
             raise ValueError(f"unknown feature dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        self.key = {**key, "dim": int(dim), "dtype": dtype, "format": FORMAT}
+        own = {"dim": int(dim), "dtype": dtype, "format": FORMAT}
+        if own.keys() & key.keys():  # the store's fields would silently replace the caller's: two kinds, one key
+            raise ValueError(f"a feature cache key may not set {sorted(own.keys() & key.keys())}: the store sets "
+                             "them (the stored rows' width, dtype and format); name the caller's field otherwise")
+        self.key = {**key, **own}
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = os.path.join(os.fspath(root), f"{key.get('kind', 'features')}-{digest}")
         os.makedirs(self.folder, exist_ok=True)
