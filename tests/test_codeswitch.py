@@ -5,6 +5,7 @@ by bench/fidelity.py (BENCHMARKS.md), not here."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -109,8 +110,64 @@ def test_the_copies_are_made_once_per_process(tiny, tmp_path, monkeypatch):
     assert _run(tiny, tmp_path, "rate", codeswitch_rate=0.25)[2]["rate"] == 0.25 and built == [1, 1]
     _run(tiny, tmp_path, "two", codeswitch=2)  # a few entries only: the least recently used goes
     assert len(pipeline._copies) == pipeline._COPIES_KEPT == 2
-    _run(tiny, tmp_path, "first again")
-    assert built == [1, 1, 1, 1]
+    assert _run(tiny, tmp_path, "first again")[2] == first  # ... and is read back from the cache folder
+    assert built == [1, 1, 1]
+
+
+def test_the_copies_are_kept_in_the_cache_folder_for_a_rerun_in_another_process(tiny, tmp_path, monkeypatch):
+    """The command line's rerun after Ctrl-C is a new process: it reads the copies the first run wrote (the same
+    rows, in order) instead of building the dictionary again; an unreadable file is made again and replaced, a
+    stop while making them leaves no file, and codeswitch 0 writes none."""
+    import collections
+
+    from babelclip.training import codeswitch, pipeline
+
+    built = []
+    real = codeswitch.build_dictionary
+    monkeypatch.setattr(codeswitch, "build_dictionary", lambda *a, **k: built.append(1) or real(*a, **k))
+    monkeypatch.setattr(pipeline, "_copies", collections.OrderedDict())
+    encoder, teacher = tiny
+    pairs = synthetic.pairs(("en",))
+
+    def job(**options):
+        return TrainJob(pairs, encoder, teacher, "linear teacher", get_recipe("altclip-kd"), "linear",
+                        TrainConfig(steps=2, batch_size=16), str(tmp_path / "x.safetensors"), str(tmp_path / "cache"),
+                        **options)
+
+    made = pipeline.codeswitched(job(), pairs)
+    files = list((tmp_path / "cache").glob("codeswitch-*.jsonl"))
+    assert made and built == [1] and len(files) == 1
+    pipeline._copies.clear()  # as in a new process
+    assert pipeline.codeswitched(job(), pairs) == made and built == [1]
+    pipeline._copies.clear()
+    assert pipeline.codeswitched(job(codeswitch=3), pairs) != made and built == [1, 1]  # other settings, own file
+    assert len(list((tmp_path / "cache").glob("codeswitch-*.jsonl"))) == 2
+
+    files[0].write_text("{not json\n", encoding="utf-8")
+    pipeline._copies.clear()
+    assert pipeline.codeswitched(job(), pairs) == made and built == [1, 1, 1]  # made again ...
+    pipeline._copies.clear()
+    assert pipeline.codeswitched(job(), pairs) == made and built == [1, 1, 1]  # ... and the file replaced
+
+    for options in ({"codeswitch": 0}, {"codeswitch_rate": 0.0}):
+        assert pipeline.codeswitched(job(**options), pairs) == []
+    monkeypatch.setattr(codeswitch, "_ROWS", 2)  # chunks of 2 words: the stop comes before the last
+    assert pipeline.codeswitched(job(codeswitch=5), pairs, Hooks(should_stop=lambda: True)) is None
+    assert len(list((tmp_path / "cache").glob("codeswitch-*.jsonl"))) == 2
+
+
+def test_the_copies_file_is_named_by_the_copies_version(tiny, tmp_path, monkeypatch):
+    """A change to how copies are made bumps COPIES_VERSION, and older files are no longer read."""
+    from babelclip.training import pipeline
+
+    encoder, teacher = tiny
+    pairs = synthetic.pairs(("en",))
+    job = TrainJob(pairs, encoder, teacher, "linear teacher", get_recipe("altclip-kd"), "linear",
+                   TrainConfig(steps=2, batch_size=16), str(tmp_path / "x.safetensors"), str(tmp_path / "cache"))
+    key = pipeline._copies_key(job, pairs)
+    before = pipeline._copies_file(job, key)
+    monkeypatch.setattr(pipeline, "COPIES_VERSION", pipeline.COPIES_VERSION + 1)
+    assert pipeline._copies_file(job, key) != before and os.path.dirname(before) == job.cache_dir
 
 
 def test_a_stop_while_code_switching_ends_the_run_before_any_feature(tiny, tmp_path, monkeypatch):

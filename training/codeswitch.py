@@ -25,7 +25,8 @@ import torch
 
 from .data import Pair
 
-__all__ = ["DEFAULT_COPIES", "DEFAULT_RATE", "CODESWITCH_LANG", "SCRIPTS", "build_dictionary", "codeswitch_pairs"]
+__all__ = ["DEFAULT_COPIES", "DEFAULT_RATE", "CODESWITCH_LANG", "COPIES_VERSION", "SCRIPTS", "build_dictionary",
+           "codeswitch_pairs"]
 
 DEFAULT_COPIES = 8  # code-switched copies per English training prompt (0: none)
 DEFAULT_RATE = 0.5  # share of a copy's replaceable words that are replaced
@@ -33,6 +34,9 @@ CODESWITCH_LANG = "en-x"  # the ``lang`` of the pairs made here
 CANDIDATES = 4000  # nearest vocabulary entries searched per word
 PER_SCRIPT = 3  # neighbours kept per script and word
 _ROWS = 128  # words whose similarities to the whole vocabulary are computed at once
+#: the copies' on-disk version (training.pipeline keeps them in the cache folder): bump it when
+#: :func:`build_dictionary` or :func:`codeswitch_pairs` would make other copies of the same data and settings
+COPIES_VERSION = 1
 
 #: Scripts a neighbour may come from (Latin: only entries that do not start like the English word).
 SCRIPTS = {

@@ -28,7 +28,8 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import InvalidDataError
-from .codeswitch import DEFAULT_COPIES, DEFAULT_RATE, codeswitch_pairs
+from ..models.files import atomic_write
+from .codeswitch import CODESWITCH_LANG, COPIES_VERSION, DEFAULT_COPIES, DEFAULT_RATE, codeswitch_pairs
 from .data import Pair, split_pairs
 from .recipe_base import Recipe
 from .trainer import TrainConfig, TrainResult
@@ -178,9 +179,10 @@ def process_state(device: str):
     return _SingleProcess()
 
 
-#: code-switched copies made in this process, most recently used last: a host's re-queue of the same run, or a
-#: resume in the same process, does not build the dictionary again (minutes on large data). Two entries: one
-#: holds up to ``copies`` pairs per English prompt, and a host keeps running.
+#: code-switched copies made or read in this process, most recently used last: a host's re-queue of the same run,
+#: or a resume in the same process, neither builds the dictionary again (minutes on large data) nor reads its file.
+#: Two entries: one holds up to ``copies`` pairs per English prompt, and a host keeps running. (On disk they are
+#: kept in the cache folder too: :func:`_copies_file`.)
 _COPIES_KEPT = 2
 _copies: collections.OrderedDict[tuple, tuple[Pair, ...]] = collections.OrderedDict()
 _copies_lock = threading.Lock()
@@ -200,6 +202,36 @@ def _copies_key(job: TrainJob, train_pairs: Sequence[Pair]) -> tuple:
     return (*job.encoder.info.identity.values(), digest, job.codeswitch, job.codeswitch_rate, job.config.seed)
 
 
+def _copies_file(job: TrainJob, key: tuple) -> str:
+    """Where the copies of ``key`` are kept on disk (a resume in another process, such as the command line's
+    rerun after Ctrl-C, reads them instead of building the dictionary again), in the job's cache folder."""
+    digest = hashlib.sha256(json.dumps([COPIES_VERSION, *key], ensure_ascii=False).encode()).hexdigest()[:16]
+    return os.path.join(job.cache_dir, f"codeswitch-{digest}.jsonl")
+
+
+def _read_copies(path: str) -> list[Pair] | None:
+    """The copies kept at ``path`` (one JSON object per line: ``en``, ``text``); None if there are none or the file
+    is unreadable (then they are made again and the file replaced)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        return [Pair(en=str(r["en"]), text=str(r["text"]), lang=CODESWITCH_LANG) for r in rows]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring the unreadable code-switched copies %s (%s); making them again", path, e)
+        return None
+
+
+def _write_copies(path: str, made: Sequence[Pair]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for p in made:
+                f.write(json.dumps({"en": p.en, "text": p.text}) + "\n")  # (ASCII: any text survives)
+
+    atomic_write(path, write, "code-switched copies")
+
+
 class _Stopped(Exception):
     """A stop requested while the code-switched copies are made (raised from their progress callback)."""
 
@@ -207,16 +239,31 @@ class _Stopped(Exception):
 def codeswitched(job: TrainJob, train_pairs: Sequence[Pair], hooks: Hooks | None = None) -> list[Pair] | None:
     """The code-switched training rows of ``job`` (:mod:`.codeswitch`): none for the recipes that read images,
     whose rows must each have one. Reports :data:`CODESWITCH_STAGE` to ``hooks`` and polls its stop between the
-    dictionary's chunks of words; None if stopped."""
-    if not _uses_codeswitch(job):
+    dictionary's chunks of words; None if stopped. Kept in the process and in the cache folder (a rerun, even in
+    another process, reads them rather than building the dictionary again)."""
+    if not _uses_codeswitch(job) or job.codeswitch <= 0 or job.codeswitch_rate <= 0:
         return []
     key = _copies_key(job, train_pairs)
     with _copies_lock:
         if key in _copies:
             _copies.move_to_end(key)
             return list(_copies[key])
-    hooks = hooks or Hooks()
+    path = _copies_file(job, key)
+    made = _read_copies(path)
+    if made is None:
+        made = _make_copies(job, train_pairs, hooks or Hooks())
+        if made is None:
+            return None
+        _write_copies(path, made)
+    with _copies_lock:
+        _copies[key] = tuple(made)
+        while len(_copies) > _COPIES_KEPT:
+            _copies.popitem(last=False)
+    return made
 
+
+def _make_copies(job: TrainJob, train_pairs: Sequence[Pair], hooks: Hooks) -> list[Pair] | None:
+    """Build the dictionary and the copies, with progress and stop (None if stopped)."""
     def progress(done: int, total: int) -> None:
         if hooks.progress is not None:
             hooks.progress(CODESWITCH_STAGE, done, total, None)
@@ -224,15 +271,10 @@ def codeswitched(job: TrainJob, train_pairs: Sequence[Pair], hooks: Hooks | None
             raise _Stopped
 
     try:
-        made = codeswitch_pairs(train_pairs, job.encoder, copies=job.codeswitch, rate=job.codeswitch_rate,
+        return codeswitch_pairs(train_pairs, job.encoder, copies=job.codeswitch, rate=job.codeswitch_rate,
                                 seed=job.config.seed, progress=progress)
     except _Stopped:
         return None
-    with _copies_lock:
-        _copies[key] = tuple(made)
-        while len(_copies) > _COPIES_KEPT:
-            _copies.popitem(last=False)
-    return made
 
 
 def _features(job: TrainJob, hooks: Hooks, pairs, layout: str, prefix: str = "", encode_english: bool = False):
