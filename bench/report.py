@@ -430,7 +430,7 @@ def fidelity_ablation_section(fid) -> list[str]:
            "`weight_decay`/`lr`/`steps` the training settings, `codeswitch=K` adds K code-switched copies of each English "
            "prompt (training/codeswitch.py; BabelCLIP's training default: 8, at `codeswitch_rate` 0.5), `soup=K` averages "
            "the weights of K runs (seeds s .. s+K-1: initialisation, batch order and copies; linear adapter only; "
-           "the seconds are the K runs' sum; not in the product yet). English-only "
+           "the seconds are the K runs' sum; the CLI's `train --runs K`). English-only "
            "training; transfer = adapter R@1 / "
            "encoder R@1.", "",
            "| configuration | split | transfer, training-split translations (avg / worst) | transfer, held out "
@@ -489,7 +489,7 @@ def plan_fidelity(summary, extras) -> str:
             "(0.877 / 0.874), an mlp adapter (0.883) and InfoNCE temperatures of 0.03 / 0.07 (0.860 / 0.880) do not "
             "beat the default); averaging the weights of 4 such runs (`soup=4`, seeds, batch order and copies varied) adds "
             "0.01-0.02 on both splits (0.891 -> 0.914 and 0.868 -> 0.880; ko 0.75 -> 0.77, 0.74 -> 0.76) for 4x the "
-            "training time, a candidate default the product cannot train yet; the pooling source, a unit-RMS mean, weight decay, the layer and the lr schedule did "
+            "training time (`python -m babelclip.training train --runs 4`; not the default, for its cost); the pooling source, a unit-RMS mean, weight decay, the layer and the lr schedule did "
             "not close the gap. Worst are ko, ar and zh, whose ceilings are also lowest. Next: switching phrases "
             "rather than words, and the same code-switching for the token-level targets SD1.x/SD2.x read.")
 

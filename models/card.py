@@ -116,6 +116,10 @@ def _made_section(spec: AdapterSpec) -> list[str]:
         if isinstance(switched, dict) and switched.get("pairs"):
             lines.append(f"Also trained on {switched['pairs']} code-switched copies of its English prompts (up to "
                          f"{switched.get('copies')} per prompt, words replaced at rate {switched.get('rate')}).")
+        runs = recipe.get("runs")
+        if isinstance(runs, int) and runs > 1:
+            lines.append(f"Its weights are the average of {runs} runs (seeds {recipe.get('seed', 0)} to "
+                         f"{recipe.get('seed', 0) + runs - 1}: initialisation, batch order and copies).")
     if isinstance(teacher, dict) and teacher:
         lines.append(f"Teacher: the {teacher.get('family', spec.family.name)} checkpoint's own text encoder"
                      + (f" ({teacher['source']})" if teacher.get("source") else "") + ".")

@@ -183,6 +183,25 @@ def test_train_records_its_code_switched_copies(setup, tmp_path, options, expect
         assert f"Also trained on {switched['pairs']} code-switched copies" in card and "up to 2 per" in card
 
 
+def test_train_runs_averages_and_records_them(setup, tmp_path):
+    d, common = setup
+    out = tmp_path / "runs.safetensors"
+    assert main(["train", *common, "--data", str(d / "pairs.tsv"), "--arch", "linear", "--steps", "2",
+                 "--batch-size", "8", "--out", str(out), "--runs", "2"]) == 0
+    assert json.loads(read_adapter_spec(out).metadata["babelclip.recipe"])["runs"] == 2
+    assert "average of 2 runs (seeds 0 to 1" in (tmp_path / "runs.README.md").read_text(encoding="utf-8")
+    assert not list(tmp_path.glob("runs.safetensors.ckpt*"))
+
+
+@pytest.mark.parametrize("options, problem", [(["--runs", "0"], "--runs 0 is below 1"),
+                                              (["--runs", "2", "--arch", "mlp"], "only --arch linear")])
+def test_train_refuses_runs_it_cannot_average(setup, tmp_path, capsys, options, problem):
+    d, common = setup
+    assert main(["train", *common, "--data", str(d / "pairs.tsv"), "--out", str(tmp_path / "r.safetensors"),
+                 *options]) == 2
+    assert problem in capsys.readouterr().err and not (tmp_path / "r.safetensors").exists()
+
+
 def test_unknown_recipe_or_arch_is_an_argparse_error(setup, capsys):
     d, common = setup
     for option in ("--recipe", "--arch"):

@@ -142,3 +142,60 @@ def test_the_copies_and_the_host_checkpoint_are_keyed_by_the_encoder_identity(tm
     assert _copies_key(job, job.pairs)[:2] == ("e1", "w1")  # the values it had before the property
     assert _copies_key(marked, job.pairs)[:3] == ("e1", "w1", 1)
     assert host_checkpoint_path(marked) != host_checkpoint_path(job)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_runs_average_the_weights_of_one_run_per_seed(models, tmp_path):
+    """runs=3 saves the mean of the adapters that seeds 0, 1 and 2 train alone (each its own initialisation,
+    batch order and code-switched copies; no held-out split here, so all three see the same rows), records it
+    in the metadata, reports one training bar over the three runs, and leaves no checkpoint behind."""
+    import torch
+
+    alone = [_weights(run_pipeline(_seeded(models, tmp_path, f"s{seed}", seed), Hooks(log=lambda line: None)).path)
+             for seed in range(3)]
+    seen, hooks = _recorder()
+    out = run_pipeline(_seeded(models, tmp_path, "avg", 0, runs=3), hooks)
+    averaged = _weights(out.path)
+    assert set(averaged) == set(alone[0])
+    for name, value in averaged.items():
+        assert torch.allclose(value, sum(a[name] for a in alone) / 3, atol=1e-6), name
+    assert not torch.allclose(alone[0]["proj.weight"], alone[1]["proj.weight"])  # (the runs differ)
+    assert json.loads(read_adapter_spec(out.path).metadata["babelclip.recipe"])["runs"] == 3
+    assert [d for s, d, t, _ in seen if s == "training"] == list(range(1, 19)) and seen[-1][2] == 18
+    assert not list(tmp_path.glob("avg.safetensors.ckpt*"))
+
+
+def _seeded(models, tmp_path, name, seed, **options) -> TrainJob:
+    job = _job(models, tmp_path, name, val_fraction=0.0, **options)
+    job.config.seed = seed
+    return job
+
+
+def test_a_stop_in_a_later_run_resumes_there_and_saves_the_same_average(models, tmp_path):
+    import torch
+
+    whole = _weights(run_pipeline(_seeded(models, tmp_path, "whole", 0, runs=2), Hooks(log=lambda line: None)).path)
+    _, hooks = _recorder({"stage": "training", "done": 9})  # step 3 of the second run
+    out = run_pipeline(_seeded(models, tmp_path, "cut", 0, runs=2), hooks)
+    assert out.stopped and out.stage == "training" and out.train.step == 3 and out.path is None
+    assert (tmp_path / "cut.safetensors.ckpt").exists() and (tmp_path / "cut.safetensors.ckpt.run1").exists()
+    seen, hooks = _recorder()
+    out = run_pipeline(_seeded(models, tmp_path, "cut", 0, runs=2), hooks)
+    assert [d for s, d, _, _ in seen if s == "training"] == [10, 11, 12] and out.stage == "saved"
+    resumed = _weights(out.path)
+    assert all(torch.allclose(resumed[k], whole[k], atol=1e-6) for k in whole)
+    assert not list(tmp_path.glob("cut.safetensors.ckpt*"))
+
+
+@pytest.mark.parametrize("runs, arch, problem", [(0, "linear", "from 1"), (2, "mlp", "only the linear")])
+def test_runs_that_cannot_be_averaged_are_refused_before_any_work(models, tmp_path, runs, arch, problem):
+    job = _job(models, tmp_path, "no", runs=runs)
+    job.arch = arch
+    with pytest.raises(InvalidDataError, match=problem):
+        run_pipeline(job, Hooks(log=lambda line: None))
+    assert not (tmp_path / "cache").exists()

@@ -235,7 +235,7 @@ def check_train_args(args) -> TrainPlan:
     """Every check that needs no model: output, recipe, architecture, device, paths, data file, settings."""
     from ..models.adapters import trainable_architectures
     from .data import dedup, read_pairs
-    from .pipeline import check_job
+    from .pipeline import AVERAGEABLE_ARCHS, check_job
     from .recipes import training_recipe
     from .trainer import TrainConfig
 
@@ -255,6 +255,11 @@ def check_train_args(args) -> TrainPlan:
     if not 0.0 <= args.codeswitch_rate <= 1.0:
         raise BabelClipError(f"--codeswitch-rate {args.codeswitch_rate} is not between 0 and 1: give the share of "
                              f"a copy's replaceable words to replace, from 0 to 1.")
+    if args.runs < 1:
+        raise BabelClipError(f"--runs {args.runs} is below 1: give how many runs to average, 1 or more (1: one run).")
+    if args.runs > 1 and args.arch not in AVERAGEABLE_ARCHS:
+        raise BabelClipError(f"--runs {args.runs} averages the weights of independent runs, which only --arch "
+                             f"{' / '.join(AVERAGEABLE_ARCHS)} allows (not {args.arch!r}): use --runs 1, or that arch.")
     for option, path in (*(("--teacher", t) for t in _teachers(args)), ("--encoder", args.encoder),
                          ("--clip-tokenizer", args.clip_tokenizer), ("--t5-tokenizer", args.t5_tokenizer),
                          ("--clip-vision", args.clip_vision)):
@@ -324,7 +329,7 @@ def train_job(args, plan: TrainPlan):
                     plan.config, plan.out, args.cache_dir, layer=plan.layer, val_fraction=args.val_fraction,
                     resume=not args.restart, overwrite=args.overwrite, report_files=True,
                     images=_images_hook(args, plan.recipe, teacher), steady_heap=True,
-                    codeswitch=args.codeswitch, codeswitch_rate=args.codeswitch_rate)
+                    codeswitch=args.codeswitch, codeswitch_rate=args.codeswitch_rate, runs=args.runs)
 
 
 def run_train(args, plan: TrainPlan, prepared=None):
@@ -446,6 +451,10 @@ def _add_train(sub) -> None:
                         "English's conditioning; keeps more of the encoder's cross-lingual meaning); 0: none")
     p.add_argument("--codeswitch-rate", type=float, default=DEFAULT_RATE,
                    help="share of a code-switched copy's replaceable words that are replaced")
+    p.add_argument("--runs", type=int, default=1,
+                   help="--arch linear: train this many runs (seeds seed .. seed+runs-1: initialisation, batch order, "
+                        "copies) and save the average of their weights; 4 keeps more of the encoder's cross-lingual "
+                        "meaning (BENCHMARKS.md, soup=4) for 4x the training time")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help=_config_help("checkpoint_every") + " (<out>.ckpt, removed when the run ends)")

@@ -35,7 +35,8 @@ from .recipe_base import Recipe
 from .trainer import TrainConfig, TrainResult
 
 __all__ = ["TrainJob", "Hooks", "PipelineResult", "split_for_training", "check_job", "run_pipeline",
-           "MIN_PAIRS_TO_HOLD_OUT", "CODESWITCH_STAGE", "unique_adapter_path", "host_checkpoint_path"]
+           "MIN_PAIRS_TO_HOLD_OUT", "CODESWITCH_STAGE", "unique_adapter_path", "host_checkpoint_path",
+           "check_runs", "AVERAGEABLE_ARCHS"]
 
 log = logging.getLogger("babelclip.training")
 
@@ -74,6 +75,9 @@ class TrainJob:
     # code-switched copies of each English training prompt (training.codeswitch); text recipes only, 0: none
     codeswitch: int = DEFAULT_COPIES
     codeswitch_rate: float = DEFAULT_RATE
+    # independent runs (seeds seed .. seed+runs-1: initialisation, batch order, copies) whose weights are averaged;
+    # the linear adapter only (other architectures' runs share no basis to average in)
+    runs: int = 1
 
     @property
     def checkpoint_path(self) -> str:
@@ -140,6 +144,8 @@ def host_checkpoint_path(job: TrainJob) -> str:
     parts = [*job.encoder.info.identity.values(), job.teacher.fingerprint, rows]
     if (job.codeswitch, job.codeswitch_rate) != (DEFAULT_COPIES, DEFAULT_RATE):
         parts.append(["codeswitch", job.codeswitch, job.codeswitch_rate])
+    if job.runs != 1:
+        parts.append(["runs", job.runs])
     identity = json.dumps(parts, ensure_ascii=False)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     stem = os.path.basename(job.out)[: -len(".safetensors")]
@@ -149,6 +155,20 @@ def host_checkpoint_path(job: TrainJob) -> str:
 def split_for_training(pairs: Sequence[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """Training and held-out pairs; under :data:`MIN_PAIRS_TO_HOLD_OUT` pairs all of them train."""
     return split_pairs(pairs, val_fraction if len(pairs) >= MIN_PAIRS_TO_HOLD_OUT else 0.0, seed=seed)
+
+
+#: the architectures whose runs can be averaged (``TrainJob.runs``)
+AVERAGEABLE_ARCHS = ("linear",)
+
+
+def check_runs(runs, arch: str) -> None:
+    """``runs`` must be a whole number from 1, and above 1 only for an architecture in AVERAGEABLE_ARCHS."""
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise InvalidDataError(f"runs must be a whole number from 1 (got {runs!r}); 1 trains one adapter.")
+    if runs > 1 and arch not in AVERAGEABLE_ARCHS:
+        raise InvalidDataError(f"runs {runs} averages the weights of independent runs, which only the "
+                               f"{', '.join(AVERAGEABLE_ARCHS)} adapter allows (not {arch!r}): use runs 1, or that "
+                               f"architecture.")
 
 
 def check_job(pairs: Sequence[Pair], recipe: Recipe, config: TrainConfig, val_fraction: float,
@@ -335,7 +355,8 @@ def metadata(job: TrainJob, result: TrainResult, train_pairs, report, seconds: f
         "languages": sorted({p.lang for p in job.pairs}),
         "recipe": {"name": job.recipe.name, "options": _recipe_options(job.recipe), **dataclasses.asdict(job.config),
                    "final_loss": result.losses[-1],
-                   "final_terms": result.terms, "train_pairs": len(train_pairs), "seconds": seconds, **switched},
+                   "final_terms": result.terms, "train_pairs": len(train_pairs), "seconds": seconds, **switched,
+                   **({"runs": job.runs} if job.runs != 1 else {})},
         "metrics": report["average"] if report else {},
     }
 
@@ -349,8 +370,9 @@ def _save(job: TrainJob, hooks: Hooks, adapter, result: TrainResult, train_pairs
     meta = metadata(job, result, train_pairs, report, seconds, codeswitched)
     table = report_markdown(report) if report else None
     save_adapter(adapter.cpu(), job.out, meta, overwrite=job.overwrite, evaluation=table)
-    if os.path.exists(job.checkpoint_path):
-        os.unlink(job.checkpoint_path)
+    for path in (job.checkpoint_path, *(_run_job(job, k).checkpoint_path for k in range(1, job.runs))):
+        if os.path.exists(path):
+            os.unlink(path)
     hooks.log(f"saved {job.out} (final loss {result.losses[-1]:.4g})")
     if report and job.report_files:
         paths = write_report(report, job.out[: -len(".safetensors")] + ".eval")
@@ -359,12 +381,27 @@ def _save(job: TrainJob, hooks: Hooks, adapter, result: TrainResult, train_pairs
     return report, meta
 
 
+def _run_job(job: TrainJob, k: int) -> TrainJob:
+    """Run ``k`` of a job of several runs: seed ``seed + k`` (initialisation, batch order, copies) and its own
+    checkpoint beside the first run's; run 0 is the job itself."""
+    if k == 0:
+        return job
+    return dataclasses.replace(job, config=dataclasses.replace(job.config, seed=job.config.seed + k),
+                               checkpoint=f"{job.checkpoint_path}.run{k}")
+
+
+def _average_into(adapter, others) -> None:
+    states = [adapter.state_dict(), *(o.state_dict() for o in others)]
+    adapter.load_state_dict({k: sum(s[k] for s in states) / len(states) for k in states[0]})
+
+
 def run_pipeline(job: TrainJob, hooks: Hooks | None = None) -> PipelineResult:
     """Split, build, cache, train, evaluate, save (see the module doc). A stop returns ``stopped`` and keeps
     what a rerun of the same job reuses: the cached features and the checkpoint of the last finished step."""
     from .trainer import train
 
     hooks = hooks or Hooks()
+    check_runs(job.runs, job.arch)
     train_pairs, val_pairs = check_job(job.pairs, job.recipe, job.config, job.val_fraction, job.images is not None)
     with torch.inference_mode(False), torch.enable_grad():  # hosts may call in inference mode
         adapter = _build_adapter(job)
@@ -385,16 +422,34 @@ def run_pipeline(job: TrainJob, hooks: Hooks | None = None) -> PipelineResult:
     data, val, denoiser = prepared
     if hooks.prepared is not None:
         hooks.prepared(adapter, val)
-    progress = (lambda done, total, loss=None: hooks.progress("training", done, total, loss)) if hooks.progress \
-        else None
     started = time.perf_counter()
-    with torch.inference_mode(False), torch.enable_grad():
-        result = train(adapter, job.recipe, data, job.config, checkpoint=job.checkpoint_path, resume=job.resume,
-                       unet=denoiser, progress=progress, should_stop=hooks.should_stop,
-                       steady_heap=job.steady_heap)
+    result, others = None, []
+    for k in range(job.runs):  # one bar: the runs' steps one after the other
+        run = _run_job(job, k)
+        if k:  # its own copies (its seed's) and their features; the held-out split is the job's
+            copies = codeswitched(run, train_pairs, hooks)
+            if copies is None:
+                return PipelineResult(True, CODESWITCH_STAGE, adapter=adapter, train=result)
+            with state.main_process_first():
+                prepared = _prepare(run, hooks, [*train_pairs, *copies], [], adapter)
+            if prepared is None:
+                return PipelineResult(True, "features", adapter=adapter, train=result)
+            data = prepared[0]
+            with torch.inference_mode(False), torch.enable_grad():
+                others.append(_build_adapter(run))
+        progress = ((lambda done, total, loss=None, k=k: hooks.progress("training", k * total + done,
+                                                                          job.runs * total, loss))
+                    if hooks.progress else None)
+        with torch.inference_mode(False), torch.enable_grad():
+            result = train(others[-1] if k else adapter, job.recipe, data, run.config,
+                           checkpoint=run.checkpoint_path, resume=job.resume, unet=denoiser, progress=progress,
+                           should_stop=hooks.should_stop, steady_heap=job.steady_heap)
+        if result.stopped:
+            return PipelineResult(True, "training", adapter=adapter, train=result,
+                                  seconds=round(time.perf_counter() - started, 1))
+    if others:
+        _average_into(adapter, others)
     seconds = round(time.perf_counter() - started, 1)
-    if result.stopped:
-        return PipelineResult(True, "training", adapter=adapter, train=result, seconds=seconds)
     if not state.is_main_process:
         return PipelineResult(False, "training", adapter=adapter, train=result, seconds=seconds)
     report, meta = _save(job, hooks, adapter, result, train_pairs, val, seconds, len(extra))
