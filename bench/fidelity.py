@@ -155,8 +155,9 @@ def train_adapter(cfg: str, pairs, encoder, teacher, cache, steps: int, seed: in
     runs = [_train_one(cfg, pairs, encoder, teacher, cache, steps, seed + k) for k in range(soup)]
     adapter, layer, info = runs[0]
     if soup > 1:
-        states = [a.state_dict() for a, _, _ in runs]
-        adapter.load_state_dict({k: sum(s[k] for s in states) / soup for k in states[0]})
+        from babelclip.training.pipeline import average_into
+
+        average_into(adapter, [a for a, _, _ in runs[1:]])
         info = {"final_loss": sum(i["final_loss"] for _, _, i in runs) / soup,
                 "seconds": sum(i["seconds"] for _, _, i in runs), "train_pairs": info["train_pairs"], "soup": soup}
     return adapter.eval(), layer, info

@@ -49,7 +49,7 @@ def test_every_option_says_what_it_is_and_its_default():
                 assert f"(default: {action.default})" in text, f"{name} {action.option_strings[0]}: no default"
     train = " ".join(_subparsers()["train"].format_help().split())
     for shown in ("--steps STEPS optimizer steps (default: 1000)", "--lr LR peak learning rate",
-                  "--seed SEED seed of", "--checkpoint-every CHECKPOINT_EVERY steps between resumable checkpoints",
+                  "--seed SEED seed of", "--runs RUNS --arch linear: train this many runs", "--checkpoint-every CHECKPOINT_EVERY steps between resumable checkpoints",
                   "(default: " + os.path.join(os.path.expanduser("~"), ".cache", "babelclip", "features") + ")"):
         assert shown in train
 

@@ -343,13 +343,10 @@ def run_train(args, plan: TrainPlan, prepared=None):
 
 
 def stopped_message(result, plan: TrainPlan) -> str:
-    from .pipeline import CODESWITCH_STAGE
+    from .pipeline import STOPPED_IN
 
-    if result.stage == CODESWITCH_STAGE:
-        return ("stopped while making the code-switched copies (nothing was cached yet); run the same command again "
-                "to start there")
-    if result.stage == "features":
-        return "stopped while caching features (what was cached is kept); run the same command again to continue"
+    if result.stage in STOPPED_IN:
+        return f"stopped {STOPPED_IN[result.stage]}; run the same command again to go on"
     return f"stopped at step {result.train.step}/{plan.config.steps}; checkpoint {plan.out}.ckpt"
 
 

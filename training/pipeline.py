@@ -36,7 +36,7 @@ from .trainer import TrainConfig, TrainResult
 
 __all__ = ["TrainJob", "Hooks", "PipelineResult", "split_for_training", "check_job", "run_pipeline",
            "MIN_PAIRS_TO_HOLD_OUT", "CODESWITCH_STAGE", "unique_adapter_path", "host_checkpoint_path",
-           "check_runs", "AVERAGEABLE_ARCHS"]
+           "check_runs", "average_into", "AVERAGEABLE_ARCHS", "STOPPED_IN"]
 
 log = logging.getLogger("babelclip.training")
 
@@ -197,6 +197,11 @@ def process_state(device: str):
 
         return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     return _SingleProcess()
+
+
+#: where a stopped run was, by its PipelineResult ``stage``, in the words every host tells the user (then how to go on)
+STOPPED_IN = {CODESWITCH_STAGE: "while making the code-switched copies (nothing was cached yet)",
+              "features": "while caching features (what was cached is kept)"}
 
 
 #: code-switched copies made or read in this process, most recently used last: a host's re-queue of the same run,
@@ -390,7 +395,9 @@ def _run_job(job: TrainJob, k: int) -> TrainJob:
                                checkpoint=f"{job.checkpoint_path}.run{k}")
 
 
-def _average_into(adapter, others) -> None:
+def average_into(adapter, others) -> None:
+    """Set ``adapter``'s weights to the mean of its own and ``others``' (runs of one architecture that share a
+    basis: :data:`AVERAGEABLE_ARCHS`)."""
     states = [adapter.state_dict(), *(o.state_dict() for o in others)]
     adapter.load_state_dict({k: sum(s[k] for s in states) / len(states) for k in states[0]})
 
@@ -448,7 +455,7 @@ def run_pipeline(job: TrainJob, hooks: Hooks | None = None) -> PipelineResult:
             return PipelineResult(True, "training", adapter=adapter, train=result,
                                   seconds=round(time.perf_counter() - started, 1))
     if others:
-        _average_into(adapter, others)
+        average_into(adapter, others)
     seconds = round(time.perf_counter() - started, 1)
     if not state.is_main_process:
         return PipelineResult(False, "training", adapter=adapter, train=result, seconds=seconds)

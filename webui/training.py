@@ -32,7 +32,7 @@ from ..models.teacher import load_teacher
 from ..training.codeswitch import DEFAULT_COPIES
 from ..training.data import dedup, pairs_from_text, read_pairs
 from ..training.evaluation import report_markdown
-from ..training.pipeline import (CODESWITCH_STAGE, Hooks, TrainJob, host_checkpoint_path, run_pipeline,
+from ..training.pipeline import (STOPPED_IN, Hooks, TrainJob, host_checkpoint_path, run_pipeline,
                                  unique_adapter_path)
 from ..training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, text_recipe_names, training_recipe
 from ..training.trainer import TrainConfig
@@ -248,10 +248,7 @@ def stopped_message(stage: str, step: int, steps: int) -> str:
     """What the API and the tab say about a run interrupted in ``stage`` (a PipelineResult's)."""
     if stage == "training":
         return f"interrupted at step {step} of {steps}; start the same settings again to resume there"
-    if stage == CODESWITCH_STAGE:
-        return ("interrupted while making the code-switched copies (nothing was cached yet); start the same settings "
-                "again to start there")
-    return "interrupted while caching features (kept); start the same settings again to go on"
+    return f"interrupted {STOPPED_IN.get(stage, STOPPED_IN['features'])}; start the same settings again to go on"
 
 
 # ------------------------------------------------------------------------------------------------ the tab
