@@ -110,24 +110,40 @@ def _trained_recipe(comfy, graph: dict, train_id: str) -> dict:
     return json.loads(spec.metadata["babelclip.recipe"])
 
 
-def test_a_train_node_saved_before_its_codeswitch_input_queues_with_the_default(comfy, sd15_folder):
-    """Workflows saved before the Train node had ``codeswitch`` (its last widget) have one value fewer: they
-    convert as the frontends load them, and the queued run trains on the pipeline's default copies (the
-    adapter's metadata says so)."""
-    from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
+def _saved_before(info: dict, last: str, extra: list) -> tuple[dict, dict]:
+    """The train example as a workflow saved when the Train node's last widget was ``last``: its widget values
+    up to adapter_name, then ``extra`` (the values of the widgets between adapter_name and ``last``). Returns the
+    workflow and its Train node's inputs as the frontends convert it (widgets it lacks take their defaults)."""
+    names = [w[0] for w in _widgets(info["BabelCLIPTrainAdapter"])]
+    wf = json.loads(TRAIN_EXAMPLE.read_text(encoding="utf-8"))
+    node = next(n for n in wf["nodes"] if n["type"] == "BabelCLIPTrainAdapter")
+    values = node["widgets_values"]
+    upto = values[: values.index("my-first-adapter") + 1]  # adapter_name: the last required widget
+    assert len(upto) == names.index("adapter_name") + 2  # (+1: seed's control_after_generate value)
+    node["widgets_values"] = upto + extra
+    assert names[names.index("adapter_name") + len(extra)] == last
+    prompt = to_api(wf, info)
+    return prompt, next(n for n in prompt.values() if n["class_type"] == "BabelCLIPTrainAdapter")["inputs"]
+
+
+def test_the_train_nodes_last_widgets_are_codeswitch_then_runs_with_their_defaults(comfy):
+    from babelclip.training.codeswitch import DEFAULT_COPIES
 
     info = comfy.get("/object_info")
     names = [w[0] for w in _widgets(info["BabelCLIPTrainAdapter"])]
-    assert names[-1] == "codeswitch" and info["BabelCLIPTrainAdapter"]["input"]["optional"]["codeswitch"][1][
-        "default"] == DEFAULT_COPIES
-    wf = json.loads(TRAIN_EXAMPLE.read_text(encoding="utf-8"))
-    node = next(n for n in wf["nodes"] if n["type"] == "BabelCLIPTrainAdapter")
-    old = node["widgets_values"][:-1] if len(node["widgets_values"]) == len(names) + 1 else node["widgets_values"]
-    assert old[-1] == "my-first-adapter"  # adapter_name: the last widget before codeswitch (after seed's control)
-    node["widgets_values"] = old
-    prompt = to_api(wf, info)
-    train = next(n for n in prompt.values() if n["class_type"] == "BabelCLIPTrainAdapter")["inputs"]
-    assert train["codeswitch"] == DEFAULT_COPIES and train["adapter_name"] == "my-first-adapter"
+    assert names[-3:] == ["adapter_name", "codeswitch", "runs"]  # new widgets go last, after the older ones
+    optional = info["BabelCLIPTrainAdapter"]["input"]["optional"]
+    assert optional["codeswitch"][1]["default"] == DEFAULT_COPIES and optional["runs"][1]["default"] == 1
+
+
+def test_a_train_node_saved_before_its_codeswitch_input_queues_with_the_defaults(comfy, sd15_folder):
+    """Workflows saved before the Train node had ``codeswitch`` have two widget values fewer (no codeswitch, no
+    runs): they convert as the frontends load them, and the queued run trains on the pipeline's default copies,
+    one run (the adapter's metadata says so)."""
+    from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
+
+    prompt, train = _saved_before(comfy.get("/object_info"), "adapter_name", [])
+    assert train["codeswitch"] == DEFAULT_COPIES and train["runs"] == 1 and train["adapter_name"] == "my-first-adapter"
     assert train["steps"] == 300 and train["seed"] == 0
 
     # one English prompt of the example's (the copies' dictionary costs per distinct English word), 9 languages
@@ -136,18 +152,19 @@ def test_a_train_node_saved_before_its_codeswitch_input_queues_with_the_default(
                                                   adapter_name="saved-before-codeswitch"))
     # (the settings: the tiny encoder's random vocabulary may give no neighbours, so no copies are counted)
     assert recipe["codeswitch"]["copies"] == DEFAULT_COPIES and recipe["codeswitch"]["rate"] == DEFAULT_RATE
-    assert recipe["steps"] == 2
+    assert recipe["steps"] == 2 and "runs" not in recipe  # one run: the metadata records runs only above 1
 
 
-def test_the_train_example_with_codeswitch_0_trains_on_no_copies(comfy, sd15_folder):
-    """``codeswitch: 0`` in the queued workflow reaches the run: the adapter's metadata says no copies, none made."""
+def test_a_train_node_saved_before_its_runs_input_queues_with_one_run_and_its_own_codeswitch(comfy, sd15_folder):
+    """Workflows saved before the Train node had ``runs`` have one widget value fewer: their last value is still
+    codeswitch's (here 0, no copies: it reaches the run) and runs takes its default, one run."""
     from babelclip.training.codeswitch import DEFAULT_RATE
 
-    prompt = to_api(json.loads(TRAIN_EXAMPLE.read_text(encoding="utf-8")), comfy.get("/object_info"))
-    recipe = _trained_recipe(comfy, *_train_graph(comfy, sd15_folder, prompt, codeswitch=0,
-                                                  adapter_name="example-no-copies"))
+    prompt, train = _saved_before(comfy.get("/object_info"), "codeswitch", [0])
+    assert train["codeswitch"] == 0 and train["runs"] == 1 and train["adapter_name"] == "my-first-adapter"
+    recipe = _trained_recipe(comfy, *_train_graph(comfy, sd15_folder, prompt, adapter_name="saved-before-runs"))
     assert recipe["codeswitch"] == {"copies": 0, "rate": DEFAULT_RATE, "pairs": 0}
-    assert recipe["steps"] == 2
+    assert recipe["steps"] == 2 and "runs" not in recipe
 
 
 def test_the_layout_tests_know_which_widgets_are_multiline(comfy):

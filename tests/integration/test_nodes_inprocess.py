@@ -211,9 +211,9 @@ def test_the_node_and_the_command_line_write_the_same_metadata(comfy_nodes, sd1_
         assert from_node.get(key) == from_cli.get(key), key
 
 
-def test_train_node_offers_the_code_switched_copies_last_and_zero_turns_them_off(comfy_nodes, sd1_clip, tmp_path):
-    """``codeswitch`` is the last optional input (saved workflows' positional widget values stay valid) with the
-    pipeline's default; 0 from the node trains on no copies, and the adapter's metadata says so."""
+def test_train_node_offers_the_code_switched_copies_and_zero_turns_them_off(comfy_nodes, sd1_clip, tmp_path):
+    """``codeswitch`` is the last optional input but ``runs`` (saved workflows' positional widget values stay valid)
+    with the pipeline's default; 0 from the node trains on no copies, and the adapter's metadata says so."""
     import json
 
     import folder_paths
@@ -224,7 +224,7 @@ def test_train_node_offers_the_code_switched_copies_last_and_zero_turns_them_off
 
     node_class = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPTrainAdapter"]
     optional = node_class.INPUT_TYPES()["optional"]
-    assert list(optional)[-1] == "codeswitch"
+    assert list(optional)[-2:] == ["codeswitch", "runs"]
     kind, options = optional["codeswitch"]
     assert kind == "INT" and options["default"] == DEFAULT_COPIES and options["min"] == 0
     assert "0 turns them off" in options["tooltip"] and "Text recipes only" in options["tooltip"]
@@ -238,6 +238,31 @@ def test_train_node_offers_the_code_switched_copies_last_and_zero_turns_them_off
                                        "no-copies", codeswitch=0)["result"]
     recipe = json.loads(handle.spec.metadata["babelclip.recipe"])
     assert recipe["codeswitch"] == {"copies": 0, "rate": DEFAULT_RATE, "pairs": 0}
+    assert "runs" not in recipe  # the default: one run (the metadata records runs only above 1)
+
+
+def test_train_node_offers_runs_last_and_refuses_them_above_1_for_a_non_linear_adapter(comfy_nodes):
+    """``runs`` is the last optional input (after codeswitch: workflows saved before it take its default, 1 run);
+    above 1 with an adapter whose runs cannot be averaged, the node raises the pipeline's typed error before it
+    reads data or loads a model."""
+    from babelclip.errors import InvalidDataError
+    from babelclip.training.pipeline import AVERAGEABLE_ARCHS
+
+    node_class = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPTrainAdapter"]
+    optional = node_class.INPUT_TYPES()["optional"]
+    assert list(optional)[-1] == "runs"
+    kind, options = optional["runs"]
+    assert kind == "INT" and options["default"] == 1 and options["min"] == 1 and options["max"] >= 4
+    assert "average" in options["tooltip"] and "BENCHMARKS.md" in options["tooltip"]
+    assert all(arch in options["tooltip"] for arch in AVERAGEABLE_ARCHS)
+    assert AVERAGEABLE_ARCHS == ("linear",)
+    with pytest.raises(InvalidDataError, match="only the linear adapter"):  # no clip, encoder or data needed
+        node_class().train(None, None, "altclip-kd", "mlp", "(use the text box)", "", 2, 1e-3, 4, 0, "never",
+                           runs=2)
+    # the 2024 ComfyUI does not hold optional inputs to their min: the node's own check refuses 0
+    with pytest.raises(InvalidDataError, match=r"runs must be a whole number from 1 \(got 0\)"):
+        node_class().train(None, None, "altclip-kd", "linear", "(use the text box)", "", 2, 1e-3, 4, 0, "never",
+                           runs=0)
 
 
 def test_comfy_unet_backward_reaches_the_conditioning_only(comfy_nodes, sd15_model):

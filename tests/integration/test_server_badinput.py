@@ -216,6 +216,7 @@ CASES = [
     # Training settings and data (BabelCLIP Train Adapter)
     train_case("train-zero-steps", steps=0, refused=True),
     train_case("train-negative-lr", learning_rate=-1e-3, refused=True),
+    train_case("train-runs-2-of-the-mlp-adapter", runs=2, needle="only the linear adapter"),  # (the graph's arch)
     train_case("train-batch-larger-than-data", batch_size=64, needle="batch"),
     train_case("train-data-wrong-columns", data_file="wrong-columns.tsv", needle="wrong-columns.tsv"),
     train_case("train-data-ragged-row", data_file="ragged.tsv", needle="ragged.tsv"),

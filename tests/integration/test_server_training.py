@@ -57,10 +57,42 @@ def test_train_node_offers_every_recipe(server):
     for r in list_recipes():  # the tooltip says what each one needs
         assert f"{r.name}: {r.needs}" in spec[1]["tooltip"]
     optional = server.get("/object_info")["BabelCLIPTrainAdapter"]["input"]["optional"]
-    assert list(optional)[-1] == "codeswitch"  # last: saved workflows' positional widget values stay valid
+    # last, in the order they came: saved workflows' positional widget values stay valid
+    assert list(optional)[-2:] == ["codeswitch", "runs"]
     kind, options = optional["codeswitch"]
     assert kind == "INT" and options["default"] == DEFAULT_COPIES and options["min"] == 0
     assert "code-switched copies" in options["tooltip"].lower() and "0 turns them off" in options["tooltip"]
+    kind, options = optional["runs"]
+    assert kind == "INT" and options["default"] == 1 and options["min"] == 1
+    assert "average" in options["tooltip"] and "linear" in options["tooltip"]
+
+
+def test_runs_2_from_a_workflow_trains_two_runs_and_the_adapter_says_so(server):
+    """``runs: 2`` (linear) reaches the pipeline: the saved adapter's metadata records 2 runs, and no run's
+    checkpoint is left behind."""
+    node = train_node(["1", 0], "altclip-kd", prompts=ROWS.splitlines()[0], batch_size=1, arch="linear",
+                      name="two-runs")
+    node["inputs"].update(runs=2, codeswitch=0)  # no copies: the dictionary is not what this test is about
+    entry = server.run(text_graph(node), timeout=600)
+    assert entry["status"]["status_str"] == "success", (
+        entry["status"], execution_error(entry) if entry["status"]["status_str"] == "error" else None)
+    spec = read_adapter_spec(server.root / "models" / "babelclip" / "two-runs.safetensors")
+    recipe = json.loads(spec.metadata["babelclip.recipe"])
+    assert recipe["runs"] == 2 and recipe["seed"] == 0 and recipe["steps"] == 2
+    assert not list((server.root / "models" / "babelclip" / ".cache").glob("two-runs-*.ckpt*"))
+
+
+def test_runs_2_with_the_mlp_adapter_fails_in_the_node_with_the_pipelines_typed_error(server):
+    node = train_node(["1", 0], "altclip-kd", prompts=ROWS.splitlines()[0], batch_size=1, arch="mlp",
+                      name="mlp-runs")
+    node["inputs"].update(runs=2)
+    entry = server.run(text_graph(node), timeout=600)
+    assert entry["status"]["status_str"] == "error", entry["status"]
+    err = execution_error(entry)
+    assert err["node_id"] == "10" and err["exception_type"].rsplit(".", 1)[-1] == "InvalidDataError", err
+    assert "runs 2" in err["exception_message"] and "linear" in err["exception_message"], err["exception_message"]
+    assert not (server.root / "models" / "babelclip" / "mlp-runs.safetensors").exists()
+    assert server.alive()
 
 
 def test_denoiser_recipes_train_from_a_workflow(server):
