@@ -1,5 +1,5 @@
-"""The web UI's training settings without a web UI: the tab's and the API's code-switched copies reach the
-pipeline's TrainJob (the web UI's ``modules`` stubbed). Training in a real Forge / Automatic1111: tests/webui/."""
+"""The web UI's training settings without a web UI: the tab's and the API's code-switched copies and runs reach
+the pipeline's TrainJob (the web UI's ``modules`` stubbed). Training in a real Forge / Automatic1111: tests/webui/."""
 
 from __future__ import annotations
 
@@ -31,8 +31,24 @@ def test_the_tab_and_the_api_default_to_the_pipelines_copies_and_zero_stays_zero
         TrainRequest(encoder="enc", codeswitch=-1).check()
 
 
-@pytest.mark.parametrize("copies", [0, 3])
-def test_the_requests_copies_reach_the_train_job_and_name_its_checkpoint(copies, monkeypatch, tmp_path):
+def test_the_tab_and_the_api_default_to_one_run_and_zero_runs_is_refused_not_defaulted():
+    assert TrainRequest().runs == 1
+    tab = ("enc", None, "a cat\t一只猫\tzh", "altclip-kd", "linear", 10, 1e-3, 4, 0, "n", 0)
+    assert tab_request(*tab).runs == tab_request(*tab, None).runs == tab_request(*tab, "").runs == 1
+    assert tab_request(*tab, 3.0).runs == 3 and tab_request(*tab, 3.0).codeswitch == 0  # after codeswitch
+    assert tab_request(*tab, 0).runs == 0  # not "empty, so the default": the check refuses it
+    with pytest.raises(InvalidDataError, match=r"runs must be a whole number from 1 \(got 0\)"):
+        tab_request(*tab, 0).check()
+    TrainRequest(encoder="enc", arch="linear", runs=4).check()
+    for arch in ("mlp", "resampler"):  # the pipeline's rule: only the linear adapter's runs average
+        with pytest.raises(InvalidDataError, match=rf"runs 2 averages .* only the linear adapter .*'{arch}'"):
+            TrainRequest(encoder="enc", arch=arch, runs=2).check()
+        TrainRequest(encoder="enc", arch=arch, runs=1).check()
+
+
+@pytest.fixture
+def stubbed_webui(monkeypatch, tmp_path):
+    """The web UI's ``modules`` and the loaded models stubbed; returns the TrainJobs that ``train`` ran."""
     state = SimpleNamespace(begin=lambda **_: None, end=lambda: None, interrupted=False, textinfo=None,
                             sampling_step=0, sampling_steps=0, job_count=0)
     stubs = {"modules": types.ModuleType("modules"),
@@ -59,6 +75,12 @@ def test_the_requests_copies_reach_the_train_job_and_name_its_checkpoint(copies,
         return SimpleNamespace(stopped=False, stage="done", train=SimpleNamespace(step=job.config.steps), report=None)
 
     monkeypatch.setattr(webui_training, "run_pipeline", run_pipeline)
+    return jobs
+
+
+@pytest.mark.parametrize("copies", [0, 3])
+def test_the_requests_copies_reach_the_train_job_and_name_its_checkpoint(copies, stubbed_webui):
+    jobs = stubbed_webui
     request = TrainRequest(encoder="enc", prompts="a cat\t一只猫\tzh\na dog\t一只狗\tzh", steps=5, codeswitch=copies)
     webui_training.train(request, on_log=lambda line: None)
     webui_training.train(TrainRequest(encoder="enc", prompts=request.prompts, steps=5), on_log=lambda line: None)
@@ -67,6 +89,20 @@ def test_the_requests_copies_reach_the_train_job_and_name_its_checkpoint(copies,
     # named by the job itself: the copies it trains on are the ones its checkpoint's name says
     assert [job.checkpoint for job in jobs] == [host_checkpoint_path(job) for job in jobs]
     assert all(os.path.dirname(job.checkpoint) == job.cache_dir for job in jobs)
+
+
+def test_the_requests_runs_reach_the_train_job_and_name_its_checkpoint(stubbed_webui):
+    jobs = stubbed_webui
+    prompts = "a cat\t一只猫\tzh\na dog\t一只狗\tzh"
+    for runs in (2, 1):
+        webui_training.train(TrainRequest(encoder="enc", prompts=prompts, arch="linear", steps=5, runs=runs),
+                             on_log=lambda line: None)
+    assert [job.runs for job in jobs] == [2, 1]
+    assert jobs[0].checkpoint != jobs[1].checkpoint  # a resume never continues a run of another count
+    assert [job.checkpoint for job in jobs] == [host_checkpoint_path(job) for job in jobs]
+    with pytest.raises(InvalidDataError, match="only the linear adapter"):  # refused before the queue lock
+        webui_training.train(TrainRequest(encoder="enc", prompts=prompts, arch="mlp", runs=2))
+    assert len(jobs) == 2
 
 
 def test_an_interrupted_runs_message_names_the_stage_it_stopped_in():

@@ -71,6 +71,7 @@ def test_the_api_trains_against_the_loaded_checkpoint_and_the_next_txt2img_uses_
     assert teacher["fingerprint"] == answer["teacher"]["fingerprint"] and teacher["source"] == server.checkpoint_name
     recipe = json.loads(meta["babelclip.recipe"])
     assert recipe["steps"] == 40 and recipe["codeswitch"]["copies"] == DEFAULT_COPIES  # the API's default
+    assert "runs" not in recipe  # the API's default: one run (the metadata records runs only above 1)
     assert "trained.safetensors" in server.get("/babelclip/v1/models")["adapters"]
 
     off = server.images(server.txt2img({"prompt": PROMPT, "steps": 2}))[0]
@@ -124,6 +125,8 @@ def test_bad_requests_answer_400_with_babelclips_message_and_the_server_goes_on(
                        (_request(encoder="missing"), "missing"),
                        (_request(prompts=""), "No training prompts"),
                        (_request(codeswitch=-1), "negative"),
+                       (_request(runs=0), "runs must be a whole number from 1"),
+                       (_request(runs=2, arch="mlp"), "only the linear adapter"),
                        (_request(encoder="../../Stable-diffusion"), "outside")):
         with pytest.raises(WebUIError) as err:
             server.post("/babelclip/v1/train", bad)
@@ -137,7 +140,7 @@ from gradio_client import Client, handle_file
 url, encoder, data = sys.argv[1:4]
 client = Client(url, verbose=False)
 status, report, chart = client.predict(encoder, handle_file(data), "", "altclip-kd", "linear", 30, 0.001, 8, 0,
-                                       "from-tab", 0, api_name="/babelclip_train")
+                                       "from-tab", 0, 2, api_name="/babelclip_train")
 print(json.dumps({"status": status, "report": report, "chart": chart}))
 """
 
@@ -168,9 +171,9 @@ def test_the_tab_trains_through_the_web_uis_own_queue(kind, webui_factory, encod
     assert saved.is_file()
     from safetensors import safe_open
 
-    with safe_open(str(saved), "pt") as f:  # the tab's code-switched copies box (0: none)
-        assert json.loads(f.metadata()["babelclip.recipe"])["codeswitch"] == {"copies": 0, "rate": DEFAULT_RATE,
-                                                                             "pairs": 0}
+    with safe_open(str(saved), "pt") as f:  # the tab's code-switched copies box (0: none) and runs box (2)
+        recipe = json.loads(f.metadata()["babelclip.recipe"])
+    assert recipe["codeswitch"] == {"copies": 0, "rate": DEFAULT_RATE, "pairs": 0} and recipe["runs"] == 2
     assert server.txt2img({"prompt": PROMPT, **_on("from-tab.safetensors")})["images"]
 
 
