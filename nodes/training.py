@@ -190,8 +190,9 @@ class TrainAdapter:
                                "Code-switched copies of each English prompt (words swapped for their neighbours of "
                                "other scripts in the encoder's vocabulary), trained beside the data: they keep more "
                                "of the encoder's cross-lingual meaning in English-only training. 0 turns them off. "
-                               "Text recipes only. Building them costs about 20 ms per distinct English word "
-                               "(once per data and encoder)."}),
+                               "Text recipes only. Building them costs about 20 ms per distinct English word, and "
+                               "once per session and encoder embedding its vocabulary (about 2 minutes on a CPU, "
+                               "seconds on a GPU); they are kept in the cache for a rerun."}),
                 # after codeswitch, for the same reason: workflows saved before it take its default (1 run)
                 "runs": ("INT", {"default": 1, "min": 1, "max": MAX_RUNS, "tooltip":
                          "Train this many independent runs (seeds seed .. seed+runs-1: initialisation, batch "

@@ -11,7 +11,7 @@ import pytest
 
 from babelclip.models import load_encoder, read_adapter_spec
 from babelclip.models.tiny import build_tiny_encoder
-from babelclip.training.codeswitch import CODESWITCH_LANG, build_dictionary, codeswitch_pairs
+from babelclip.training.codeswitch import CODESWITCH_LANG, DEFAULT_COPIES, DEFAULT_RATE, build_dictionary, codeswitch_pairs
 from babelclip.training.data import Pair
 from babelclip.training.pipeline import Hooks, TrainJob, run_pipeline, split_for_training
 from babelclip.training.recipes import get_recipe
@@ -36,9 +36,24 @@ def test_the_real_encoders_vocabulary_translates_common_words(e5):
     assert "雪" in words["snow"]["han"] and "снег" in words["snow"]["cyrillic"]
     assert "고양이" in words["cat"]["hangul"] and "猫" in words["cat"]["han"]
     assert any("утр" in w for w in words["morning"]["cyrillic"])
-    assert "thuluth" not in words  # split into pieces by the tokenizer: a piece's neighbours are a fragment's
     for entry in words.values():  # no neighbour is the English word again in Latin letters
         assert all(w.lower()[:3] != "sno" for w in entry.get("latin", []))
+
+
+@pytest.mark.e5
+def test_words_split_into_pieces_are_looked_up_by_meaning(e5):
+    """"forest" and "photography" are pieces to the tokenizer (a piece's table neighbours are a fragment's): the
+    encoder's embedding of the word alone finds their translations among its vocabulary's entries."""
+    split = ["forest", "photography"]
+    assert all(len(e5.tokenize(w)[0]) > 1 for w in split)
+    assert not build_dictionary(e5, split, by_meaning=False)  # the table alone has nothing for them
+    words = build_dictionary(e5, split)
+    assert "лес" in words["forest"]["cyrillic"] and "جنگل" in words["forest"]["arabic"]
+    assert "写真" in words["photography"]["han"] and "사진" in words["photography"]["hangul"]
+    assert "фотография" in words["photography"]["cyrillic"]
+    # whole words keep their table neighbours: the lookup by meaning only adds the others
+    both = build_dictionary(e5, ["snow", *split])
+    assert both["snow"] == build_dictionary(e5, ["snow"], by_meaning=False)["snow"]
 
 
 @pytest.mark.e5
@@ -82,7 +97,7 @@ def test_text_recipes_train_on_code_switched_copies_by_default(tiny, tmp_path):
     train_pairs, _ = split_for_training(job.pairs, job.val_fraction, job.config.seed)
     expected = codeswitch_pairs(train_pairs, job.encoder, copies=job.codeswitch, rate=job.codeswitch_rate, seed=0)
     assert expected, "the tiny vocabulary has neighbours of other scripts: the test data must make copies"
-    assert meta == {"copies": 8, "rate": 0.5, "pairs": len(expected)}
+    assert meta == {"copies": DEFAULT_COPIES, "rate": DEFAULT_RATE, "pairs": len(expected)}
     assert any(f"{len(expected)} code-switched copies" in line for line in lines)
     # the held-out evaluation never sees a copy: its pairs are the held-out split's, of its own languages
     assert set(out.report["languages"]) <= {"en", "de"}
@@ -202,7 +217,9 @@ def test_a_stop_while_code_switching_ends_the_run_before_any_feature(tiny, tmp_p
     seen.clear()
     out = run_pipeline(job, Hooks(progress=progress, log=lambda line: None))  # the same job, not stopped
     words = [d for s, d, _ in seen if s == pipeline.CODESWITCH_STAGE]
-    assert words == [*range(2, total, 2), total] and out.stage == "saved" and os.path.exists(job.out)
+    # chunks of 2 words (whole words, then the words looked up by meaning) and of the vocabulary's entries
+    assert words[0] == 2 and words[-1] == total and all(a < b for a, b in zip(words, words[1:]))
+    assert len(words) > 4 and out.stage == "saved" and os.path.exists(job.out)
     stages = [s for s, *_ in seen]
     assert stages.index("encoder") == len(words)  # the copies are made before the first feature
     # the callback sees every chunk and changes nothing of the dictionary

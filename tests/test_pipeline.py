@@ -98,8 +98,10 @@ def _host_job(tmp_path, **options) -> TrainJob:
                     TrainConfig(seed=3), str(tmp_path / "a.safetensors"), str(tmp_path / "cache"), **options)
 
 
-def test_other_code_switched_copies_name_another_host_checkpoint(tmp_path):
-    """A host's resume must not continue a run trained on other copies; the defaults keep the names they had."""
+def test_other_code_switched_copies_name_another_host_checkpoint(tmp_path, monkeypatch):
+    """A host's resume must not continue a run trained on other copies: other settings, or copies made another
+    way (``COPIES_VERSION``), name another checkpoint."""
+    from babelclip.training import pipeline
     from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
     from babelclip.training.pipeline import host_checkpoint_path
 
@@ -108,18 +110,22 @@ def test_other_code_switched_copies_name_another_host_checkpoint(tmp_path):
 
     assert ckpt() == ckpt(codeswitch=DEFAULT_COPIES, codeswitch_rate=DEFAULT_RATE)
     assert len({ckpt(), ckpt(codeswitch=0), ckpt(codeswitch=2), ckpt(codeswitch_rate=0.25)}) == 4
+    without, default = ckpt(codeswitch=0), ckpt()
+    monkeypatch.setattr(pipeline, "COPIES_VERSION", pipeline.COPIES_VERSION + 1)
+    assert ckpt() != default and ckpt(codeswitch=0) == without  # no copies: nothing to version
 
 
 def test_the_host_checkpoint_is_named_by_the_job_as_before(tmp_path):
     """The name comes from the job alone (the settings are given once, to the job), and is the one hosts gave
-    before it did: a run cancelled under an older version resumes. The digests below are the older version's."""
+    before it did: a run cancelled under an older version resumes. The digests below are the older version's,
+    except where the run trains on copies (named by their version since version 2, whose copies differ)."""
     from babelclip.training.pipeline import host_checkpoint_path
 
     names = [os.path.relpath(host_checkpoint_path(_host_job(tmp_path, **copies)), tmp_path)
              for copies in ({}, {"codeswitch": 0}, {"codeswitch": 2, "codeswitch_rate": 0.25})]
-    assert names == [os.path.join("cache", "a-altclip-kd-linear-3-18e3bb4940ca.ckpt"),
+    assert names == [os.path.join("cache", "a-altclip-kd-linear-3-2907f8be2950.ckpt"),
                      os.path.join("cache", "a-altclip-kd-linear-3-a930fccaa218.ckpt"),
-                     os.path.join("cache", "a-altclip-kd-linear-3-fa3dfbe2a14b.ckpt")]
+                     os.path.join("cache", "a-altclip-kd-linear-3-d99947b3a7cb.ckpt")]
     job = _host_job(tmp_path, codeswitch=0)
     job.checkpoint = host_checkpoint_path(job)
     assert job.checkpoint_path == job.checkpoint  # what run_pipeline resumes from

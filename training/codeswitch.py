@@ -10,15 +10,21 @@ parallel data is needed: the multilingual encoder's vocabulary is the dictionary
 Measured on the real multilingual-e5-small (``bench/fidelity.py``, BENCHMARKS.md *Cross-lingual fidelity*): it
 raises how much of the encoder's cross-lingual retrieval an English-only adapter keeps.
 
-Only whole words that the encoder's tokenizer keeps as one token are replaced (a neighbour of a word piece is a
-neighbour of a fragment). Each code-switched copy draws one script, so a copy reads like a mix of English and
-one other language, as prompts typed by users often are.
+Words the tokenizer keeps as one token are looked up in the input-embedding table. Words it splits into pieces
+(a piece's neighbours are a fragment's: "forest" is "for" + "est") and words without neighbours there are looked
+up by meaning instead: the encoder's own embedding of the word alone against its embeddings of the vocabulary's
+word-start entries (forest -> лес, جنگل; photography -> 写真, 사진). That pass embeds the vocabulary once per
+process and encoder (about 150,000 short sequences: about two minutes on 2 CPU cores, seconds on a GPU); it lets
+the copies replace the content words a prompt is made of, which keeps more of the cross-lingual meaning
+(BENCHMARKS.md). Each code-switched copy draws one script, so a copy reads like a mix of English and one other
+language, as prompts typed by users often are.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import threading
 from typing import Callable, Sequence
 
 import torch
@@ -28,7 +34,7 @@ from .data import Pair
 __all__ = ["DEFAULT_COPIES", "DEFAULT_RATE", "CODESWITCH_LANG", "COPIES_VERSION", "SCRIPTS", "build_dictionary",
            "codeswitch_pairs"]
 
-DEFAULT_COPIES = 8  # code-switched copies per English training prompt (0: none)
+DEFAULT_COPIES = 16  # code-switched copies per English training prompt (0: none)
 DEFAULT_RATE = 0.5  # share of a copy's replaceable words that are replaced
 CODESWITCH_LANG = "en-x"  # the ``lang`` of the pairs made here
 CANDIDATES = 4000  # nearest vocabulary entries searched per word
@@ -36,7 +42,11 @@ PER_SCRIPT = 3  # neighbours kept per script and word
 _ROWS = 128  # words whose similarities to the whole vocabulary are computed at once
 #: the copies' on-disk version (training.pipeline keeps them in the cache folder): bump it when
 #: :func:`build_dictionary` or :func:`codeswitch_pairs` would make other copies of the same data and settings
-COPIES_VERSION = 1
+COPIES_VERSION = 2  # 2: words split into pieces are looked up by meaning (_meaning_neighbours)
+CONTEXT_CANDIDATES = 40  # nearest vocabulary entries searched per word and script in the lookup by meaning
+_VOCAB_BATCH = 512  # vocabulary entries embedded at once
+#: scripts written without spaces: any vocabulary piece of theirs may stand for a word, not only word starts
+UNSPACED = ("han", "kana", "thai")
 
 #: Scripts a neighbour may come from (Latin: only entries that do not start like the English word).
 SCRIPTS = {
@@ -72,20 +82,48 @@ def _word_ids(tokenizer, words: Sequence[str], special: set[int]) -> dict[str, i
 
 
 def build_dictionary(encoder, words: Sequence[str], *, per_script: int = PER_SCRIPT,
-                     candidates: int = CANDIDATES,
+                     candidates: int = CANDIDATES, by_meaning: bool = True,
                      progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, list[str]]]:
-    """``{word: {script: [neighbour, ...]}}`` from ``encoder``'s input-embedding table (cosine, nearest first).
+    """``{word: {script: [neighbour, ...]}}``, nearest first: from ``encoder``'s input-embedding table for the
+    words its tokenizer keeps whole, and (``by_meaning``) from its embeddings of the word alone and of the
+    vocabulary's entries for the others (see the module doc). Words without neighbours in any other script are
+    left out.
 
-    ``encoder`` is a loaded :class:`~babelclip.models.encoder.MultilingualEncoder`; words it splits into pieces
-    are left out, and so are words without neighbours in any other script.
-    ``progress(done, total)``: called after each chunk of the whole words searched (not called when there are
-    none); it may raise to stop the build (the exception goes to the caller).
+    ``encoder`` is a loaded :class:`~babelclip.models.encoder.MultilingualEncoder`.
+    ``progress(done, total)``: called after each chunk of words or vocabulary entries (not called when there
+    are no words); it may raise to stop the build (the exception goes to the caller).
     """
     tokenizer = encoder.tokenizer
     special = set(tokenizer.all_special_ids)  # (a property that builds a new list on every read)
-    word_ids = _word_ids(tokenizer, sorted(set(w.lower() for w in words)), special)
+    distinct = sorted(set(w.lower() for w in words))
+    if not distinct:
+        return {}
+    word_ids = _word_ids(tokenizer, distinct, special)
+    # progress: the whole words, then (by meaning) the vocabulary entries and at most every word again
+    total = len(word_ids) + (len(_vocabulary(encoder)[0]) + len(distinct) if by_meaning else 0)
+    reached = [0]
+
+    def report(done: int) -> None:
+        reached[0] = done
+        if progress is not None:
+            progress(done, total)
+
+    out = _table_neighbours(encoder, word_ids, special, per_script, candidates, report)
+    rest = [w for w in distinct if w not in out]
+    if by_meaning and rest:
+        out.update(_meaning_neighbours(encoder, rest, special, per_script, report, len(word_ids)))
+    if reached[0] < total:
+        report(total)
+    return out
+
+
+def _table_neighbours(encoder, word_ids: dict[str, int], special: set[int], per_script: int, candidates: int,
+                      report: Callable[[int], None]) -> dict[str, dict[str, list[str]]]:
+    """The input-embedding table's neighbours of the whole words ``word_ids``; ``report(done)`` after each
+    chunk."""
     if not word_ids:
         return {}
+    tokenizer = encoder.tokenizer
     # where the encoder is: on a GPU the search over the whole vocabulary is the matmul it is fast at (on 2 CPU
     # cores it costs about 20 ms per word); only the top candidates' indices come back
     table = encoder.model.get_input_embeddings().weight.detach().float()
@@ -114,24 +152,110 @@ def build_dictionary(encoder, words: Sequence[str], *, per_script: int = PER_SCR
                     kept.append(text)
             if found:
                 out[word] = found
-        if progress is not None:
-            progress(start + len(chunk), len(names))
+        report(start + len(chunk))
+    return out
+
+
+_vocab_lock = threading.Lock()
+_vocab_memo: dict = {}  # the last encoder's vocabulary entries and their embeddings (one encoder kept)
+
+
+def _vocabulary(encoder) -> tuple[list[tuple[int, str, str]], dict]:
+    """The vocabulary entries a word may be replaced by in the lookup by meaning, ``(id, text, script)``: the
+    entries that start a word (SentencePiece's ``\u2581``) and whose text is of one script, and every piece of
+    the :data:`UNSPACED` scripts; and the memo that holds their embeddings once computed."""
+    key = (id(encoder.model), *encoder.info.identity.values())
+    with _vocab_lock:
+        if _vocab_memo.get("key") != key:
+            tokenizer = encoder.tokenizer
+            special = set(tokenizer.all_special_ids)
+            entries = []
+            for idx, piece in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+                if idx in special or not piece:
+                    continue
+                starts = piece.startswith("\u2581")
+                text = piece[1:] if starts else piece
+                script = _script(text) if text else None
+                if script is not None and (starts or script in UNSPACED):
+                    entries.append((idx, text, script))
+            _vocab_memo.clear()
+            _vocab_memo.update(key=key, entries=entries)
+        return _vocab_memo["entries"], _vocab_memo
+
+
+def _embed(encoder, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Unit-length masked-mean last-layer states of token-id sequences (special tokens added), on the CPU."""
+    batch = encoder.encode_ids([encoder.with_special_tokens(seq) for seq in sequences])
+    mask = batch.mask.unsqueeze(-1).to(batch.hidden.dtype)
+    pooled = (batch.hidden * mask).sum(1) / mask.sum(1)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu()
+
+
+def _meaning_neighbours(encoder, words: Sequence[str], special: set[int], per_script: int,
+                        report: Callable[[int], None], done: int) -> dict[str, dict[str, list[str]]]:
+    """Neighbours of ``words`` by the encoder's embedding of each word alone against its embeddings of the
+    vocabulary's entries (computed once per process and encoder); ``report(done)`` counts on from ``done``."""
+    entries, memo = _vocabulary(encoder)
+    if not entries:
+        return {}
+    if "table" not in memo:
+        parts = []
+        for start in range(0, len(entries), _VOCAB_BATCH):
+            parts.append(_embed(encoder, [[idx] for idx, _, _ in entries[start:start + _VOCAB_BATCH]]))
+            report(done + start + len(parts[-1]))
+        with _vocab_lock:
+            memo.setdefault("table", torch.cat(parts).to(torch.float16))  # half the memory; a cosine ranking
+    else:
+        report(done + len(entries))
+    table = memo["table"]
+    scripts: dict[str, list[int]] = {}
+    for row, (_, _, script) in enumerate(entries):
+        scripts.setdefault(script, []).append(row)
+    rows_of = {script: torch.tensor(rows) for script, rows in scripts.items()}
+    out: dict[str, dict[str, list[str]]] = {}
+    done += len(entries)
+    for start in range(0, len(words), _ROWS):
+        chunk = words[start:start + _ROWS]
+        ids = [[i for i in encoder.tokenize(w)[0] if i not in special] for w in chunk]
+        keep = [i for i, seq in enumerate(ids) if seq]
+        if keep:
+            sims = _embed(encoder, [ids[i] for i in keep]) @ table.float().T
+            for row, i in enumerate(keep):
+                word, found = chunk[i], {}
+                for script, cols in rows_of.items():
+                    top = sims[row, cols].topk(min(CONTEXT_CANDIDATES, len(cols))).indices.tolist()
+                    kept: list[str] = []
+                    for j in top:
+                        text = entries[int(cols[j])][1]
+                        if script == "latin" and text.lower()[:3] == word[:3]:
+                            continue
+                        if text not in kept:
+                            kept.append(text)
+                        if len(kept) == per_script:
+                            break
+                    if kept:
+                        found[script] = kept
+                if found:
+                    out[word] = found
+        report(done + start + len(chunk))
     return out
 
 
 def codeswitch_pairs(pairs: Sequence[Pair], encoder, *, copies: int = DEFAULT_COPIES, rate: float = DEFAULT_RATE,
-                     seed: int = 0, progress: Callable[[int, int], None] | None = None) -> list[Pair]:
+                     seed: int = 0, by_meaning: bool = True,
+                     progress: Callable[[int, int], None] | None = None) -> list[Pair]:
     """Up to ``copies`` code-switched versions of each distinct English text of ``pairs``, as pairs whose
     ``en`` is the original (the teacher's target) and whose ``text`` is the copy, ``lang`` :data:`CODESWITCH_LANG`.
 
     Deterministic for a seed; a copy equal to the original or to an earlier copy is dropped, so prompts without
-    replaceable words give none. ``progress``: that of :func:`build_dictionary` (the slow part, about 20 ms per
-    distinct word on a real encoder).
+    replaceable words give none. ``by_meaning`` and ``progress``: those of :func:`build_dictionary` (the slow
+    part: about 20 ms per distinct word on a real encoder, and the vocabulary's embeddings once per process).
     """
     if copies <= 0 or rate <= 0:
         return []
     english = sorted({p.en for p in pairs})
-    dictionary = build_dictionary(encoder, [w for en in english for w in _WORD.findall(en)], progress=progress)
+    dictionary = build_dictionary(encoder, [w for en in english for w in _WORD.findall(en)], by_meaning=by_meaning,
+                                  progress=progress)
     if not dictionary:
         return []
     scripts = sorted({s for entry in dictionary.values() for s in entry})

@@ -135,14 +135,17 @@ def host_checkpoint_path(job: TrainJob) -> str:
     """Where a host keeps the resumable checkpoint of ``job`` (set it as ``job.checkpoint``): in ``job.cache_dir``,
     named by the adapter ``job.out`` and the settings that shape the run (recipe, arch, seed), and by a digest of
     what it learns from (the encoder's fingerprint and weights digest, the teacher's fingerprint, the data rows
-    and, when not the defaults, the code-switched copies' settings), so that starting the same run again after a
-    cancel resumes it and a run with other data or models under the same name (a fine-tune of the encoder too)
-    starts afresh. Everything is read from the job, so the name cannot disagree with what the job trains. (The
-    default copies add nothing: checkpoints named before the setting existed still resume.)"""
+    and the code-switched copies' settings and version when it trains on copies), so that starting the same run
+    again after a cancel resumes it and a run with other data or models under the same name (a fine-tune of the
+    encoder too, or copies made another way) starts afresh. Everything is read from the job, so the name cannot
+    disagree with what the job trains. (Runs without copies keep the names they had before the version was
+    added.)"""
     rows = [[p.en, p.text, p.lang, p.image] for p in job.pairs]
     # (fingerprint, weights): the order in which the names were digested before EncoderInfo.identity
     parts = [*job.encoder.info.identity.values(), job.teacher.fingerprint, rows]
-    if (job.codeswitch, job.codeswitch_rate) != (DEFAULT_COPIES, DEFAULT_RATE):
+    if job.codeswitch > 0 and job.codeswitch_rate > 0 and _uses_codeswitch(job):
+        parts.append(["codeswitch", job.codeswitch, job.codeswitch_rate, COPIES_VERSION])
+    elif (job.codeswitch, job.codeswitch_rate) != (DEFAULT_COPIES, DEFAULT_RATE):
         parts.append(["codeswitch", job.codeswitch, job.codeswitch_rate])
     if job.runs != 1:
         parts.append(["runs", job.runs])

@@ -282,7 +282,8 @@ def _train_in_background(request: TrainRequest):
 
 CODESWITCH_INFO = ("Code-switched copies of each English prompt (words swapped for their neighbours of other scripts in "
                    "the encoder's vocabulary): they keep more of the encoder's cross-lingual meaning in English-only "
-                   "training. 0 turns them off. About 20 ms per distinct English word to build.")
+                   "training. 0 turns them off. About 20 ms per distinct English word to build, and once per "
+                   "session and encoder its vocabulary's embeddings (about 2 minutes on a CPU, seconds on a GPU).")
 RUNS_INFO = (f"Train this many runs (seeds seed .. seed+runs-1) and save the average of their weights: a steadier "
              f"adapter that keeps more cross-lingual meaning (4 runs: +0.01 to +0.02 transfer, BENCHMARKS.md) for "
              f"runs x the training time. {' / '.join(AVERAGEABLE_ARCHS)} architecture only; 1: one run.")
