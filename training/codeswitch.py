@@ -34,7 +34,7 @@ from .data import Pair
 __all__ = ["DEFAULT_COPIES", "DEFAULT_RATE", "CODESWITCH_LANG", "COPIES_VERSION", "SCRIPTS", "build_dictionary",
            "codeswitch_pairs"]
 
-DEFAULT_COPIES = 16  # code-switched copies per English training prompt (0: none)
+DEFAULT_COPIES = 32  # code-switched copies per English training prompt (0: none)
 DEFAULT_RATE = 0.5  # share of a copy's replaceable words that are replaced
 CODESWITCH_LANG = "en-x"  # the ``lang`` of the pairs made here
 CANDIDATES = 4000  # nearest vocabulary entries searched per word
