@@ -428,7 +428,8 @@ def fidelity_ablation_section(fid) -> list[str]:
            "the split's English prompts and scores transfer on the translations of those N only (against the "
            "encoder's ceiling on them: a smaller retrieval pool, so not comparable with the 200-prompt rows), "
            "`weight_decay`/`lr`/`steps` the training settings, `codeswitch=K` adds K code-switched copies of each English "
-           "prompt (training/codeswitch.py; BabelCLIP's training default: 8, at `codeswitch_rate` 0.5), `soup=K` averages "
+           "prompt (training/codeswitch.py; BabelCLIP's training default: 32, at `codeswitch_rate` 0.5; `by_meaning=false`: "
+           "the copies before COPIES_VERSION 2, which switch only the words the tokenizer keeps whole), `soup=K` averages "
            "the weights of K runs (seeds s .. s+K-1: initialisation, batch order and copies; linear adapter only; "
            "the seconds are the K runs' sum; the CLI's `train --runs K`). English-only "
            "training; transfer = adapter R@1 / "
@@ -483,15 +484,18 @@ def plan_fidelity(summary, extras) -> str:
             "keeps all of it, one fitted to English alone about 0.74). Two training defaults came out of it: an "
             "InfoNCE term on the pooled vectors (linear adapter 0.58 -> 0.81) and code-switched copies of the "
             "English prompts, words swapped for their neighbours of other scripts in the encoder's own vocabulary "
-            "(training/codeswitch.py; 0.81 -> 0.89 on split 0, 0.80 -> 0.87 on split 1; 2 copies instead of 8: 0.88; "
-            "without the InfoNCE term the copies hurt, 0.58 -> 0.53; beside the copies, 2000 steps (0.894) and a "
-            "contrastive weight of 2 (0.896) change little, and 16 copies (0.891), replacement rates of 0.8 / 1.0 "
-            "(0.877 / 0.874), an mlp adapter (0.883) and InfoNCE temperatures of 0.03 / 0.07 (0.860 / 0.880) do not "
-            "beat the default); averaging the weights of 4 such runs (`soup=4`, seeds, batch order and copies varied) adds "
-            "0.01-0.02 on both splits (0.891 -> 0.914 and 0.868 -> 0.880; ko 0.75 -> 0.77, 0.74 -> 0.76) for 4x the "
-            "training time (`python -m babelclip.training train --runs 4`; not the default, for its cost); the pooling source, a unit-RMS mean, weight decay, the layer and the lr schedule did "
-            "not close the gap. Worst are ko, ar and zh, whose ceilings are also lowest. Next: switching phrases "
-            "rather than words, and the same code-switching for the token-level targets SD1.x/SD2.x read.")
+            "(training/codeswitch.py). Copies of the words the tokenizer keeps whole (`by_meaning=false`, 8 copies) "
+            "gave 0.81 -> 0.89 on split 0 and 0.80 -> 0.87 on split 1; looking up the words it splits into pieces by "
+            "meaning as well (the encoder's embedding of the word alone against its vocabulary's entries) gives 0.910 / "
+            "0.881 with 8 copies, 0.930 / 0.896 with 16 and 0.936 / 0.913 with 32, the default (ko 0.78 / 0.77). "
+            "Averaging the weights of 4 runs (`soup=4`: seeds, batch order and copies varied; `train --runs 4`, not the "
+            "default for its 4x training time) adds 0.01-0.02: 0.948 / 0.918 with 16 copies (ko 0.80 / 0.78), 0.947 / 0.919 with 32 (ko 0.79 / 0.78). "
+            "With the whole-word copies, 2000 steps (0.894), a contrastive weight of 2 (0.896), 16 copies (0.891), "
+            "replacement rates of 0.8 / 1.0 (0.877 / 0.874), an mlp adapter (0.883) and InfoNCE temperatures of "
+            "0.03 / 0.07 (0.860 / 0.880) changed little or lost; the pooling source, a unit-RMS mean, weight decay, "
+            "the layer and the lr schedule did not close the gap. Worst are ko, zh and ja, whose ceilings are also "
+            "lowest. Next: switching phrases rather than words, and the same code-switching for the token-level "
+            "targets SD1.x/SD2.x read.")
 
 
 PLANS = {"train_rss_growth_mb_1k_to_100k": plan_rss, "encode_speedup_vs_translate_test": plan_translate,

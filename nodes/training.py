@@ -198,7 +198,7 @@ class TrainAdapter:
                          "Train this many independent runs (seeds seed .. seed+runs-1: initialisation, batch "
                          "order, copies) and save the average of their weights: a steadier adapter that keeps "
                          "more of the encoder's cross-lingual meaning (BENCHMARKS.md, Cross-lingual fidelity: "
-                         "4 runs gave +0.012 to +0.023 transfer). Costs runs x the training time. Only the "
+                         "4 runs gave about +0.01 to +0.02 transfer). Costs runs x the training time. Only the "
                          f"{' / '.join(AVERAGEABLE_ARCHS)} adapter; 1 trains one adapter."}),
             },
         }
