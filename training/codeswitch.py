@@ -207,7 +207,7 @@ def _meaning_neighbours(encoder, words: Sequence[str], special: set[int], per_sc
             memo.setdefault("table", torch.cat(parts).to(torch.float16))  # half the memory; a cosine ranking
     else:
         report(done + len(entries))
-    table = memo["table"]
+    table = memo["table"].float().T  # [dim, entries], once for every chunk of words
     scripts: dict[str, list[int]] = {}
     for row, (_, _, script) in enumerate(entries):
         scripts.setdefault(script, []).append(row)
@@ -219,7 +219,7 @@ def _meaning_neighbours(encoder, words: Sequence[str], special: set[int], per_sc
         ids = [[i for i in encoder.tokenize(w)[0] if i not in special] for w in chunk]
         keep = [i for i, seq in enumerate(ids) if seq]
         if keep:
-            sims = _embed(encoder, [ids[i] for i in keep]) @ table.float().T
+            sims = _embed(encoder, [ids[i] for i in keep]) @ table
             for row, i in enumerate(keep):
                 word, found = chunk[i], {}
                 for script, cols in rows_of.items():
