@@ -18,8 +18,8 @@ from ..training.data import dedup, pairs_from_text, read_pairs
 from ..training.evaluation import evaluate_adapter, report_markdown
 from ..training.features import prepare_text_features, teacher_layout_for
 from ..training.codeswitch import DEFAULT_COPIES
-from ..training.pipeline import (AVERAGEABLE_ARCHS, Hooks, TrainJob, check_runs, host_checkpoint_path, run_pipeline,
-                                 unique_adapter_path)
+from ..training.pipeline import (CODESWITCH_HELP, RUNS_HELP, Hooks, TrainJob, check_runs, host_checkpoint_path,
+                                 run_pipeline, unique_adapter_path)
 from ..training.recipes import (DEFAULT_ARCH, DEFAULT_RECIPE, list_recipes, recipe_help, text_recipe_names,
                                 training_recipe)
 from ..training.trainer import TrainConfig
@@ -186,20 +186,10 @@ class TrainAdapter:
                 "clip_vision": ("CLIP_VISION", {"tooltip": "mclip-trikd: the vision tower of the same CLIP; with "
                                                            "images it adds the image<->text loss."}),
                 # last, so that workflows saved before it keep their positional widget values (it takes its default)
-                "codeswitch": ("INT", {"default": DEFAULT_COPIES, "min": 0, "max": MAX_CODESWITCH, "tooltip":
-                               "Code-switched copies of each English prompt (words swapped for their neighbours of "
-                               "other scripts in the encoder's vocabulary), trained beside the data: they keep more "
-                               "of the encoder's cross-lingual meaning in English-only training. 0 turns them off. "
-                               "Text recipes only. Building them costs about 20 ms per distinct English word, and "
-                               "once per session and encoder embedding its vocabulary (about 2 minutes on a CPU, "
-                               "seconds on a GPU); they are kept in the cache for a rerun."}),
+                "codeswitch": ("INT", {"default": DEFAULT_COPIES, "min": 0, "max": MAX_CODESWITCH,
+                                       "tooltip": CODESWITCH_HELP}),
                 # after codeswitch, for the same reason: workflows saved before it take its default (1 run)
-                "runs": ("INT", {"default": 1, "min": 1, "max": MAX_RUNS, "tooltip":
-                         "Train this many independent runs (seeds seed .. seed+runs-1: initialisation, batch "
-                         "order, copies) and save the average of their weights: a steadier adapter that keeps "
-                         "more of the encoder's cross-lingual meaning (BENCHMARKS.md, Cross-lingual fidelity: "
-                         "4 runs gave about +0.01 to +0.02 transfer). Costs runs x the training time. Only the "
-                         f"{' / '.join(AVERAGEABLE_ARCHS)} adapter; 1 trains one adapter."}),
+                "runs": ("INT", {"default": 1, "min": 1, "max": MAX_RUNS, "tooltip": RUNS_HELP}),
             },
         }
 

@@ -49,9 +49,24 @@ def test_every_option_says_what_it_is_and_its_default():
                 assert f"(default: {action.default})" in text, f"{name} {action.option_strings[0]}: no default"
     train = " ".join(_subparsers()["train"].format_help().split())
     for shown in ("--steps STEPS optimizer steps (default: 1000)", "--lr LR peak learning rate",
-                  "--seed SEED seed of", "--runs RUNS --arch linear: train this many runs", "--checkpoint-every CHECKPOINT_EVERY steps between resumable checkpoints",
+                  "--seed SEED seed of", "--runs RUNS Train this many independent runs", "--checkpoint-every CHECKPOINT_EVERY steps between resumable checkpoints",
                   "(default: " + os.path.join(os.path.expanduser("~"), ".cache", "babelclip", "features") + ")"):
         assert shown in train
+
+
+def test_train_help_of_copies_and_runs_is_the_text_the_node_and_the_web_ui_show():
+    """--codeswitch and --runs read the one help text of training.pipeline (the Train node's tooltip and the web UI
+    tab's info read it too: tests/integration/test_nodes_inprocess.py, tests/test_webui_training.py)."""
+    from babelclip.training.codeswitch import DEFAULT_COPIES
+    from babelclip.training.pipeline import CODESWITCH_HELP, RUNS_HELP
+
+    train = _subparsers()["train"]
+    actions = {a.dest: a for a in train._actions}
+    assert actions["codeswitch"].help.replace("%%", "%") == CODESWITCH_HELP
+    assert actions["runs"].help.replace("%%", "%") == RUNS_HELP
+    text = " ".join(train.format_help().split())
+    assert f"--codeswitch CODESWITCH {' '.join(CODESWITCH_HELP.split())} (default: {DEFAULT_COPIES})" in text
+    assert f"--runs RUNS {' '.join(RUNS_HELP.split())} (default: 1)" in text
 
 
 def test_recipe_and_arch_choices_come_from_the_registries():
@@ -193,8 +208,10 @@ def test_train_runs_averages_and_records_them(setup, tmp_path):
     assert not list(tmp_path.glob("runs.safetensors.ckpt*"))
 
 
-@pytest.mark.parametrize("options, problem", [(["--runs", "0"], "--runs 0 is below 1"),
-                                              (["--runs", "2", "--arch", "mlp"], "only --arch linear")])
+@pytest.mark.parametrize("options, problem", [(["--runs", "0"], "--runs 0: runs must be a whole number from 1"),
+                                              (["--runs", "2", "--arch", "mlp"],
+                                               "--runs 2: runs 2 averages the weights of independent runs, which "
+                                               "only the linear adapter allows (not 'mlp')")])
 def test_train_refuses_runs_it_cannot_average(setup, tmp_path, capsys, options, problem):
     d, common = setup
     assert main(["train", *common, "--data", str(d / "pairs.tsv"), "--out", str(tmp_path / "r.safetensors"),

@@ -8,6 +8,7 @@ import sys
 import threading
 import types
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import torch
 from babelclip.errors import InvalidDataError
 from babelclip.models.encoder import EncoderInfo
 from babelclip.training.codeswitch import DEFAULT_COPIES
-from babelclip.training.pipeline import host_checkpoint_path
+from babelclip.training.pipeline import CODESWITCH_HELP, RUNS_HELP, host_checkpoint_path
 from babelclip.webui import training as webui_training
 from babelclip.webui.training import TrainRequest, tab_request
 
@@ -44,6 +45,20 @@ def test_the_tab_and_the_api_default_to_one_run_and_zero_runs_is_refused_not_def
         with pytest.raises(InvalidDataError, match=rf"runs 2 averages .* only the linear adapter .*'{arch}'"):
             TrainRequest(encoder="enc", arch=arch, runs=2).check()
         TrainRequest(encoder="enc", arch=arch, runs=1).check()
+
+
+def test_the_tabs_copies_and_runs_info_is_the_pipelines_help_text(monkeypatch):
+    """The tab's Code-switched copies and Runs to average boxes show training.pipeline's one help text (the Train
+    node's tooltip and the CLI's --help read it too); gradio and ``modules`` stubbed."""
+    gr = mock.MagicMock(__version__="4.0.0")
+    monkeypatch.setitem(sys.modules, "gradio", gr)
+    monkeypatch.setitem(sys.modules, "modules", types.ModuleType("modules"))
+    monkeypatch.setitem(sys.modules, "modules.shared", SimpleNamespace(state=SimpleNamespace()))
+    monkeypatch.setattr(webui_training.runtime, "list_encoders", lambda: [])
+    webui_training.ui_tab()
+    info = {c.kwargs["label"]: c.kwargs.get("info") for c in gr.Number.call_args_list}
+    assert info["Code-switched copies"] is CODESWITCH_HELP
+    assert info["Runs to average"] is RUNS_HELP
 
 
 @pytest.fixture

@@ -235,7 +235,7 @@ def check_train_args(args) -> TrainPlan:
     """Every check that needs no model: output, recipe, architecture, device, paths, data file, settings."""
     from ..models.adapters import trainable_architectures
     from .data import dedup, read_pairs
-    from .pipeline import AVERAGEABLE_ARCHS, check_job
+    from .pipeline import check_job, check_runs
     from .recipes import training_recipe
     from .trainer import TrainConfig
 
@@ -255,11 +255,10 @@ def check_train_args(args) -> TrainPlan:
     if not 0.0 <= args.codeswitch_rate <= 1.0:
         raise BabelClipError(f"--codeswitch-rate {args.codeswitch_rate} is not between 0 and 1: give the share of "
                              f"a copy's replaceable words to replace, from 0 to 1.")
-    if args.runs < 1:
-        raise BabelClipError(f"--runs {args.runs} is below 1: give how many runs to average, 1 or more (1: one run).")
-    if args.runs > 1 and args.arch not in AVERAGEABLE_ARCHS:
-        raise BabelClipError(f"--runs {args.runs} averages the weights of independent runs, which only --arch "
-                             f"{' / '.join(AVERAGEABLE_ARCHS)} allows (not {args.arch!r}): use --runs 1, or that arch.")
+    try:  # the pipeline's rule, the one the Train node and the web UI apply; the message names the flag
+        check_runs(args.runs, args.arch)
+    except InvalidDataError as e:
+        raise BabelClipError(f"--runs {args.runs}: {e}") from None
     for option, path in (*(("--teacher", t) for t in _teachers(args)), ("--encoder", args.encoder),
                          ("--clip-tokenizer", args.clip_tokenizer), ("--t5-tokenizer", args.t5_tokenizer),
                          ("--clip-vision", args.clip_vision)):
@@ -426,8 +425,15 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _shared_help(text: str) -> str:
+    """An option's help text shared with the Train node and the web UI (training.pipeline's ``*_HELP``), escaped
+    for argparse (which formats help with %); the formatter appends the default."""
+    return text.replace("%", "%%")
+
+
 def _add_train(sub) -> None:
     from .codeswitch import DEFAULT_COPIES, DEFAULT_RATE
+    from .pipeline import CODESWITCH_HELP, RUNS_HELP
     from .recipes import DEFAULT_ARCH, DEFAULT_RECIPE
 
     p = sub.add_parser("train", help="distill an adapter against a checkpoint's CLIP",
@@ -442,16 +448,10 @@ def _add_train(sub) -> None:
                    help="seed of the adapter's initialisation, the batch order and the held-out split")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of English prompts held out for the evaluation, with all their translations")
-    p.add_argument("--codeswitch", type=int, default=DEFAULT_COPIES,
-                   help="text recipes: also train on this many code-switched copies of each English prompt (words "
-                        "replaced by their neighbours of other scripts in the encoder's own vocabulary, mapped to the "
-                        "English's conditioning; keeps more of the encoder's cross-lingual meaning); 0: none")
+    p.add_argument("--codeswitch", type=int, default=DEFAULT_COPIES, help=_shared_help(CODESWITCH_HELP))
     p.add_argument("--codeswitch-rate", type=float, default=DEFAULT_RATE,
                    help="share of a code-switched copy's replaceable words that are replaced")
-    p.add_argument("--runs", type=int, default=1,
-                   help="--arch linear: train this many runs (seeds seed .. seed+runs-1: initialisation, batch order, "
-                        "copies) and save the average of their weights; 4 keeps more of the encoder's cross-lingual "
-                        "meaning (BENCHMARKS.md, soup=4) for 4x the training time")
+    p.add_argument("--runs", type=int, default=1, help=_shared_help(RUNS_HELP))
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help=_config_help("checkpoint_every") + " (<out>.ckpt, removed when the run ends)")

@@ -36,7 +36,7 @@ from .trainer import TrainConfig, TrainResult
 
 __all__ = ["TrainJob", "Hooks", "PipelineResult", "split_for_training", "check_job", "run_pipeline",
            "MIN_PAIRS_TO_HOLD_OUT", "CODESWITCH_STAGE", "unique_adapter_path", "host_checkpoint_path",
-           "check_runs", "average_into", "AVERAGEABLE_ARCHS", "STOPPED_IN"]
+           "check_runs", "average_into", "AVERAGEABLE_ARCHS", "STOPPED_IN", "CODESWITCH_HELP", "RUNS_HELP"]
 
 log = logging.getLogger("babelclip.training")
 
@@ -162,6 +162,19 @@ def split_for_training(pairs: Sequence[Pair], val_fraction: float, seed: int) ->
 
 #: the architectures whose runs can be averaged (``TrainJob.runs``)
 AVERAGEABLE_ARCHS = ("linear",)
+
+#: The one help text of ``TrainJob.codeswitch`` (default :data:`~.codeswitch.DEFAULT_COPIES`), read by the Train
+#: node's tooltip, the web UI tab's info and the CLI's ``--codeswitch`` help; the front ends show the default.
+CODESWITCH_HELP = ("Code-switched copies of each English prompt (words swapped for their neighbours of other scripts "
+                   "in the encoder's own vocabulary), trained beside the data: they keep more of the encoder's "
+                   "cross-lingual meaning in English-only training; 0 turns them off. Text recipes only. They cost "
+                   "an encoder pass over the copies and, once per process and encoder, a pass over its vocabulary "
+                   "for the lookup by meaning (about two minutes on 2 CPU cores, seconds on a GPU).")
+#: The one help text of ``TrainJob.runs`` (default 1, checked by :func:`check_runs`), read by the same three.
+RUNS_HELP = ("Train this many independent runs (seeds seed .. seed+runs-1: initialisation, batch order, copies) and "
+             "save the average of their weights: a steadier adapter that keeps more of the encoder's cross-lingual "
+             "meaning (BENCHMARKS.md, soup=4: 4 runs gave about +0.01 to +0.02 transfer) for runs x the training "
+             f"time. Only the {' / '.join(AVERAGEABLE_ARCHS)} architecture; 1 trains one adapter.")
 
 
 def check_runs(runs, arch: str) -> None:

@@ -32,8 +32,8 @@ from ..models.teacher import load_teacher
 from ..training.codeswitch import DEFAULT_COPIES
 from ..training.data import dedup, pairs_from_text, read_pairs
 from ..training.evaluation import report_markdown
-from ..training.pipeline import (AVERAGEABLE_ARCHS, STOPPED_IN, Hooks, TrainJob, check_runs, host_checkpoint_path,
-                                 run_pipeline, unique_adapter_path)
+from ..training.pipeline import (CODESWITCH_HELP, RUNS_HELP, STOPPED_IN, Hooks, TrainJob, check_runs,
+                                 host_checkpoint_path, run_pipeline, unique_adapter_path)
 from ..training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, text_recipe_names, training_recipe
 from ..training.trainer import TrainConfig
 from . import runtime
@@ -280,15 +280,6 @@ def _train_in_background(request: TrainRequest):
     yield "\n".join(lines[-6:]), box.get("answer"), box.get("error")
 
 
-CODESWITCH_INFO = ("Code-switched copies of each English prompt (words swapped for their neighbours of other scripts in "
-                   "the encoder's vocabulary): they keep more of the encoder's cross-lingual meaning in English-only "
-                   "training. 0 turns them off. About 20 ms per distinct English word to build, and once per "
-                   "session and encoder its vocabulary's embeddings (about 2 minutes on a CPU, seconds on a GPU).")
-RUNS_INFO = (f"Train this many runs (seeds seed .. seed+runs-1) and save the average of their weights: a steadier "
-             f"adapter that keeps more cross-lingual meaning (4 runs: +0.01 to +0.02 transfer, BENCHMARKS.md) for "
-             f"runs x the training time. {' / '.join(AVERAGEABLE_ARCHS)} architecture only; 1: one run.")
-
-
 def _number_or(value, default: int) -> int:
     """A number box's value as an int; an empty box (None or "") takes ``default`` (0 stays 0)."""
     return default if value is None or value == "" else int(value)
@@ -348,8 +339,8 @@ def ui_tab():
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                 with gr.Row():
                     codeswitch = gr.Number(DEFAULT_COPIES, label="Code-switched copies", precision=0, minimum=0,
-                                           info=CODESWITCH_INFO)
-                    runs = gr.Number(1, label="Runs to average", precision=0, minimum=1, info=RUNS_INFO)
+                                           info=CODESWITCH_HELP)
+                    runs = gr.Number(1, label="Runs to average", precision=0, minimum=1, info=RUNS_HELP)
                 name = gr.Textbox("my-adapter", label="Adapter name (models/babelclip; never overwritten)")
                 with gr.Row():
                     start = gr.Button("Train", variant="primary")

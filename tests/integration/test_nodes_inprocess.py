@@ -219,6 +219,7 @@ def test_train_node_offers_the_code_switched_copies_and_zero_turns_them_off(comf
     import folder_paths
 
     from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
+    from babelclip.training.pipeline import CODESWITCH_HELP
 
     from ..synthetic import corpus
 
@@ -227,6 +228,7 @@ def test_train_node_offers_the_code_switched_copies_and_zero_turns_them_off(comf
     assert list(optional)[-2:] == ["codeswitch", "runs"]
     kind, options = optional["codeswitch"]
     assert kind == "INT" and options["default"] == DEFAULT_COPIES and options["min"] == 0
+    assert options["tooltip"] == CODESWITCH_HELP  # the one text: the CLI's --help and the web UI's info read it too
     assert "0 turns them off" in options["tooltip"] and "Text recipes only" in options["tooltip"]
 
     rows = [f"{en}\t{de}\tde" for en, de in list(zip(corpus("en"), corpus("de")))[:12]]
@@ -246,13 +248,14 @@ def test_train_node_offers_runs_last_and_refuses_them_above_1_for_a_non_linear_a
     above 1 with an adapter whose runs cannot be averaged, the node raises the pipeline's typed error before it
     reads data or loads a model."""
     from babelclip.errors import InvalidDataError
-    from babelclip.training.pipeline import AVERAGEABLE_ARCHS
+    from babelclip.training.pipeline import AVERAGEABLE_ARCHS, RUNS_HELP
 
     node_class = comfy_nodes.NODE_CLASS_MAPPINGS["BabelCLIPTrainAdapter"]
     optional = node_class.INPUT_TYPES()["optional"]
     assert list(optional)[-1] == "runs"
     kind, options = optional["runs"]
     assert kind == "INT" and options["default"] == 1 and options["min"] == 1 and options["max"] >= 4
+    assert options["tooltip"] == RUNS_HELP  # the one text: the CLI's --help and the web UI's info read it too
     assert "average" in options["tooltip"] and "BENCHMARKS.md" in options["tooltip"]
     assert all(arch in options["tooltip"] for arch in AVERAGEABLE_ARCHS)
     assert AVERAGEABLE_ARCHS == ("linear",)
