@@ -73,6 +73,35 @@ def test_altclip_kd_contrastive_term_is_infonce_over_the_batch():
     assert mixed.item() == pytest.approx(plain.item() + 2.0 * nce.item(), rel=1e-5)
 
 
+def test_infonce_does_not_count_rows_of_one_target_as_negatives():
+    """Two translations (or code-switched copies) of one English prompt in a batch share its teacher target: each
+    row's loss leaves its twin out of the negatives, in both directions, so neither is pushed from the target."""
+    import torch
+
+    from babelclip.training.text_recipes import info_nce
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(3, 16, generator=g)
+    b = target[[0, 0, 1, 2]]  # rows 0 and 1: one prompt
+    a = b + 0.1 * torch.randn(4, 16, generator=g)
+    loss = info_nce(a, b, 0.1)
+
+    logits = torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T / 0.1
+    per_row = []
+    for i in range(4):
+        twin = {0: 1, 1: 0}.get(i)
+        keep = [j for j in range(4) if j != twin]
+        row = logits[i, keep].log_softmax(0)[keep.index(i)]
+        col = logits[keep, i].log_softmax(0)[keep.index(i)]
+        per_row.append(-(row + col) / 2)
+    assert loss.item() == pytest.approx(torch.stack(per_row).mean().item(), rel=1e-5)
+    # without twins it is the plain symmetric InfoNCE
+    plain_logits = logits[[0, 2, 3]][:, [0, 2, 3]]
+    plain = (torch.nn.functional.cross_entropy(plain_logits, torch.arange(3))
+             + torch.nn.functional.cross_entropy(plain_logits.T, torch.arange(3))) / 2
+    assert info_nce(a[[0, 2, 3]], b[[0, 2, 3]], 0.1).item() == pytest.approx(plain.item(), rel=1e-5)
+
+
 def test_training_defaults_are_what_the_cli_and_the_node_offer():
     """The CLI's --arch default and recipe settings come from one place (the Train node's: the server test)."""
     import argparse

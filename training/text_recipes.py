@@ -58,9 +58,18 @@ class AltClipKD(Recipe):
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE between row-aligned batches ``a`` and ``b``."""
+    """Symmetric InfoNCE between row-aligned batches ``a`` and ``b``.
+
+    Rows whose ``b`` is the same (the translations or code-switched copies of one English prompt share its
+    teacher target) are not one another's negatives: their off-diagonal logits are left out, in both
+    directions. Counting them would push a translation's output away from its own English's target.
+    """
     logits = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T / temperature
-    target = torch.arange(a.shape[0], device=a.device)
+    n = a.shape[0]
+    twins = (b.unsqueeze(1) == b.unsqueeze(0)).all(-1)  # [n, n] identical targets
+    twins.fill_diagonal_(False)
+    logits = logits.masked_fill(twins, float("-inf"))
+    target = torch.arange(n, device=a.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
