@@ -103,7 +103,8 @@ TRAIN_OPTIONS = ("lr", "weight_decay", "warmup", "min_lr_ratio", "steps", "batch
 #: replacement rate (training/codeswitch.py: what the CLI and the nodes train with by default)
 #: ``soup=K``: K runs (seeds seed .. seed+K-1: initialisation, batch order and copies) with their weights averaged
 #: ``by_meaning=false``: the copies' dictionary without the lookup by meaning (only words kept whole by the tokenizer)
-OTHER_OPTIONS = ("layer", "english", "codeswitch", "codeswitch_rate", "soup", "by_meaning")
+#: ``join=false``: a space after the copies' Chinese / Japanese / Thai words too (the copies before COPIES_VERSION 3)
+OTHER_OPTIONS = ("layer", "english", "codeswitch", "codeswitch_rate", "soup", "by_meaning", "join")
 
 
 def parse_config(text: str) -> tuple[str, str, dict]:
@@ -176,12 +177,13 @@ def _train_one(cfg: str, pairs, encoder, teacher, cache, steps: int, seed: int):
     train_opts = {k: options.pop(k) for k in TRAIN_OPTIONS if k in options}
     layer, english = options.pop("layer", "last"), options.pop("english", None)
     copies, rate = options.pop("codeswitch", 0), options.pop("codeswitch_rate", DEFAULT_RATE)
-    by_meaning = options.pop("by_meaning", True)
+    by_meaning, join = options.pop("by_meaning", True), options.pop("join", True)
     arch_opts = {k[5:]: options.pop(k) for k in list(options) if k.startswith("arch.")}
     if english is not None:  # a fixed subset, the same for every configuration of the split
         pairs = english_subset(pairs, english)
     # as the pipeline adds them: copies of the English of the pairs trained on, never of the evaluated texts
-    pairs = [*pairs, *codeswitch_pairs(pairs, encoder, copies=copies, rate=rate, seed=seed, by_meaning=by_meaning)]
+    pairs = [*pairs, *codeswitch_pairs(pairs, encoder, copies=copies, rate=rate, seed=seed, by_meaning=by_meaning,
+                                         join=join)]
     torch.manual_seed(seed)
     recipe = get_recipe(recipe_name, **options)
     adapter = build_adapter(arch, encoder.info.hidden_size, teacher.family, **arch_opts)

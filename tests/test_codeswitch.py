@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -20,6 +21,8 @@ from babelclip.training.trainer import TrainConfig
 from . import synthetic
 from .e5_fixture import e5_folder
 
+UNSPACED_CHAR = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff\u0e00-\u0e7f]")
+UNSPACED_SPACE = re.compile(UNSPACED_CHAR.pattern + " ")
 ENGLISH = ["a red fox sleeping in fresh snow, soft morning light",
            "an old cat on a river boat at night",
            "thuluth calligraphy, gold ink"]
@@ -66,13 +69,31 @@ def test_copies_keep_the_english_as_target_and_are_reproducible(e5):
     for en in ENGLISH:
         texts = [p.text for p in copies if p.en == en]
         assert len(texts) == len(set(texts)) <= 4 and en not in texts
-    # only whole words are replaced: the punctuation and the word count of the English stay
+    # only whole words are replaced: the punctuation stays, and the word count where the script uses spaces
     for p in copies:
-        assert p.text.count(",") == p.en.count(",") and len(p.text.split()) >= len(p.en.split())
+        assert p.text.count(",") == p.en.count(",")
+        assert UNSPACED_SPACE.search(p.text) is None  # (Chinese, Japanese, Thai words take no space after them)
+        if not UNSPACED_CHAR.search(p.text):
+            assert len(p.text.split()) >= len(p.en.split())
     switched = [p for p in copies if p.en == ENGLISH[0]]
     assert switched and all(any(ord(c) > 0x24F for c in p.text) or p.text != p.en for p in switched)
     assert codeswitch_pairs(pairs, e5, copies=0) == [] and codeswitch_pairs(pairs, e5, rate=0.0) == []
     assert len({p.text for p in codeswitch_pairs(pairs, e5, copies=8, rate=1.0, seed=0)}) > 8
+
+
+def test_words_of_scripts_written_without_spaces_take_no_space_after_them(monkeypatch):
+    """A copy writes a Chinese, Japanese or Thai replacement as text of those languages is written, without the
+    space after it, so the tokenizer cuts it as it cuts theirs; other scripts keep the English spacing."""
+    from babelclip.training import codeswitch
+
+    dictionary = {"fresh": {"han": ["新鲜"], "cyrillic": ["свежий"]}, "snow": {"han": ["雪"], "cyrillic": ["снег"]},
+                  "morning": {"han": ["早晨"], "cyrillic": ["утро"]}}
+    monkeypatch.setattr(codeswitch, "build_dictionary", lambda *a, **k: dictionary)
+    en = "fresh snow, soft morning light"
+    copies = {p.text for p in codeswitch_pairs([Pair(en, en)], None, copies=16, rate=1.0, seed=0)}
+    assert copies == {"新鲜雪, soft 早晨light", "свежий снег, soft утро light"}
+    spaced = {p.text for p in codeswitch_pairs([Pair(en, en)], None, copies=16, rate=1.0, seed=0, join=False)}
+    assert spaced == {"新鲜 雪, soft 早晨 light", "свежий снег, soft утро light"}  # the copies before version 3
 
 
 @pytest.fixture(scope="module")

@@ -111,6 +111,9 @@ def test_other_code_switched_copies_name_another_host_checkpoint(tmp_path, monke
     assert ckpt() == ckpt(codeswitch=DEFAULT_COPIES, codeswitch_rate=DEFAULT_RATE)
     assert len({ckpt(), ckpt(codeswitch=0), ckpt(codeswitch=2), ckpt(codeswitch_rate=0.25)}) == 4
     without, default = ckpt(codeswitch=0), ckpt()
+    # without copies their settings shape nothing the run learns, so they name nothing (neither does a change of
+    # their defaults, then)
+    assert ckpt(codeswitch=0, codeswitch_rate=0.3) == without == ckpt(codeswitch_rate=0.0)
     monkeypatch.setattr(pipeline, "COPIES_VERSION", pipeline.COPIES_VERSION + 1)
     assert ckpt() != default and ckpt(codeswitch=0) == without  # no copies: nothing to version
 
@@ -118,14 +121,16 @@ def test_other_code_switched_copies_name_another_host_checkpoint(tmp_path, monke
 def test_the_host_checkpoint_is_named_by_the_job_as_before(tmp_path):
     """The name comes from the job alone (the settings are given once, to the job), and is the one hosts gave
     before it did: a run cancelled under an older version resumes. The digests below are the older version's,
-    except where the run trains on copies (named by their version since version 2, whose copies differ)."""
+    except where the run trains on copies (named by their version since version 2: version 3's copies differ, and
+    the default's settings changed, rate 0.5 -> 0.75) and for a run without copies (named by none of their settings
+    since then: before, codeswitch 0 put the rate in)."""
     from babelclip.training.pipeline import host_checkpoint_path
 
     names = [os.path.relpath(host_checkpoint_path(_host_job(tmp_path, **copies)), tmp_path)
              for copies in ({}, {"codeswitch": 0}, {"codeswitch": 2, "codeswitch_rate": 0.25})]
-    assert names == [os.path.join("cache", "a-altclip-kd-linear-3-9aa29cb8646b.ckpt"),
-                     os.path.join("cache", "a-altclip-kd-linear-3-a930fccaa218.ckpt"),
-                     os.path.join("cache", "a-altclip-kd-linear-3-d99947b3a7cb.ckpt")]
+    assert names == [os.path.join("cache", "a-altclip-kd-linear-3-6e4ad7b22889.ckpt"),
+                     os.path.join("cache", "a-altclip-kd-linear-3-18e3bb4940ca.ckpt"),
+                     os.path.join("cache", "a-altclip-kd-linear-3-03ab4a7e2bff.ckpt")]
     job = _host_job(tmp_path, codeswitch=0)
     job.checkpoint = host_checkpoint_path(job)
     assert job.checkpoint_path == job.checkpoint  # what run_pipeline resumes from

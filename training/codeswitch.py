@@ -17,7 +17,9 @@ word-start entries (forest -> лес, جنگل; photography -> 写真, 사진). 
 process and encoder (about 150,000 short sequences: about two minutes on 2 CPU cores, seconds on a GPU); it lets
 the copies replace the content words a prompt is made of, which keeps more of the cross-lingual meaning
 (BENCHMARKS.md). Each code-switched copy draws one script, so a copy reads like a mix of English and one other
-language, as prompts typed by users often are.
+language, as prompts typed by users often are. A word of a script written without spaces (Chinese, Japanese,
+Thai) is not followed by a space (红狐狸sleeping in 新鲜雪), as in text of those languages: the tokenizer then cuts
+it as it cuts theirs, which keeps more of the Chinese and Japanese meaning (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -35,14 +37,15 @@ __all__ = ["DEFAULT_COPIES", "DEFAULT_RATE", "CODESWITCH_LANG", "COPIES_VERSION"
            "codeswitch_pairs"]
 
 DEFAULT_COPIES = 32  # code-switched copies per English training prompt (0: none)
-DEFAULT_RATE = 0.5  # share of a copy's replaceable words that are replaced
+DEFAULT_RATE = 0.75  # share of a copy's replaceable words that are replaced (BENCHMARKS.md: 0.75 beat 0.5 on both splits)
 CODESWITCH_LANG = "en-x"  # the ``lang`` of the pairs made here
 CANDIDATES = 4000  # nearest vocabulary entries searched per word
 PER_SCRIPT = 3  # neighbours kept per script and word
 _ROWS = 128  # words whose similarities to the whole vocabulary are computed at once
 #: the copies' on-disk version (training.pipeline keeps them in the cache folder): bump it when
 #: :func:`build_dictionary` or :func:`codeswitch_pairs` would make other copies of the same data and settings
-COPIES_VERSION = 2  # 2: words split into pieces are looked up by meaning (_meaning_neighbours)
+COPIES_VERSION = 3  # 2: words split into pieces are looked up by meaning (_meaning_neighbours); 3: no space after
+#                      a word of a script written without spaces (_JOIN)
 CONTEXT_CANDIDATES = 40  # nearest vocabulary entries searched per word and script in the lookup by meaning
 _VOCAB_BATCH = 512  # vocabulary entries embedded at once
 #: scripts written without spaces: any vocabulary piece of theirs may stand for a word, not only word starts
@@ -62,6 +65,9 @@ SCRIPTS = {
 }
 _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]+")
 _WORD = re.compile(r"[A-Za-z]+")
+#: marks the end of a replacement of an :data:`UNSPACED` script, whose following space is dropped (雪の朝, not 雪 の 朝)
+_JOIN = "\x00"
+_JOINED = re.compile(_JOIN + " ?")
 
 
 def _script(piece: str) -> str | None:
@@ -242,13 +248,14 @@ def _meaning_neighbours(encoder, words: Sequence[str], special: set[int], per_sc
 
 
 def codeswitch_pairs(pairs: Sequence[Pair], encoder, *, copies: int = DEFAULT_COPIES, rate: float = DEFAULT_RATE,
-                     seed: int = 0, by_meaning: bool = True,
+                     seed: int = 0, by_meaning: bool = True, join: bool = True,
                      progress: Callable[[int, int], None] | None = None) -> list[Pair]:
     """Up to ``copies`` code-switched versions of each distinct English text of ``pairs``, as pairs whose
     ``en`` is the original (the teacher's target) and whose ``text`` is the copy, ``lang`` :data:`CODESWITCH_LANG`.
 
     Deterministic for a seed; a copy equal to the original or to an earlier copy is dropped, so prompts without
-    replaceable words give none. ``by_meaning`` and ``progress``: those of :func:`build_dictionary` (the slow
+    replaceable words give none. ``join``: no space after a replacement of an :data:`UNSPACED` script (False: the
+    copies before COPIES_VERSION 3). ``by_meaning`` and ``progress``: those of :func:`build_dictionary` (the slow
     part: about 20 ms per distinct word on a real encoder, and the vocabulary's embeddings once per process).
     """
     if copies <= 0 or rate <= 0:
@@ -268,9 +275,11 @@ def codeswitch_pairs(pairs: Sequence[Pair], encoder, *, copies: int = DEFAULT_CO
 
             def swap(match, script=script):
                 neighbours = dictionary.get(match.group(0).lower(), {}).get(script)
-                return rng.choice(neighbours) if neighbours and rng.random() < rate else match.group(0)
+                if not (neighbours and rng.random() < rate):
+                    return match.group(0)
+                return rng.choice(neighbours) + (_JOIN if join and script in UNSPACED else "")
 
-            text = _WORD.sub(swap, en)
+            text = _JOINED.sub("", _WORD.sub(swap, en))
             if text not in seen:
                 seen.add(text)
                 out.append(Pair(en=en, text=text, lang=CODESWITCH_LANG))

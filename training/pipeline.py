@@ -138,15 +138,13 @@ def host_checkpoint_path(job: TrainJob) -> str:
     and the code-switched copies' settings and version when it trains on copies), so that starting the same run
     again after a cancel resumes it and a run with other data or models under the same name (a fine-tune of the
     encoder too, or copies made another way) starts afresh. Everything is read from the job, so the name cannot
-    disagree with what the job trains. (Runs without copies keep the names they had before the version was
-    added.)"""
+    disagree with what the job trains. A run without copies is named by nothing of theirs (their settings shape
+    nothing it learns), so a change of their defaults leaves its name alone."""
     rows = [[p.en, p.text, p.lang, p.image] for p in job.pairs]
     # (fingerprint, weights): the order in which the names were digested before EncoderInfo.identity
     parts = [*job.encoder.info.identity.values(), job.teacher.fingerprint, rows]
-    if job.codeswitch > 0 and job.codeswitch_rate > 0 and _uses_codeswitch(job):
+    if job.codeswitch > 0 and job.codeswitch_rate > 0 and _uses_codeswitch(job):  # a run without copies: no part
         parts.append(["codeswitch", job.codeswitch, job.codeswitch_rate, COPIES_VERSION])
-    elif (job.codeswitch, job.codeswitch_rate) != (DEFAULT_COPIES, DEFAULT_RATE):
-        parts.append(["codeswitch", job.codeswitch, job.codeswitch_rate])
     if job.runs != 1:
         parts.append(["runs", job.runs])
     identity = json.dumps(parts, ensure_ascii=False)
