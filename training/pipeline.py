@@ -171,7 +171,8 @@ CODESWITCH_HELP = ("Code-switched copies of each English prompt (words swapped f
 #: The one help text of ``TrainJob.runs`` (default 1, checked by :func:`check_runs`), read by the same three.
 RUNS_HELP = ("Train this many independent runs (seeds seed .. seed+runs-1: initialisation, batch order, copies) and "
              "save the average of their weights: a steadier adapter that keeps more of the encoder's cross-lingual "
-             "meaning (BENCHMARKS.md, soup=4: 4 runs gave about +0.01 to +0.02 transfer) for runs x the training "
+             "meaning (BENCHMARKS.md, soup=4: 4 runs gave about +0.02 transfer, +0.02 to +0.05 for the worst "
+             "language) for runs x the training "
              f"time. Only the {' / '.join(AVERAGEABLE_ARCHS)} architecture; 1 trains one adapter.")
 
 
