@@ -94,6 +94,9 @@ def test_words_of_scripts_written_without_spaces_take_no_space_after_them(monkey
     assert copies == {"新鲜雪, soft 早晨light", "свежий снег, soft утро light"}
     spaced = {p.text for p in codeswitch_pairs([Pair(en, en)], None, copies=16, rate=1.0, seed=0, join=False)}
     assert spaced == {"新鲜 雪, soft 早晨 light", "свежий снег, soft утро light"}  # the copies before version 3
+    # no character is reserved for the joining: a NUL in a prompt stays, with the spaces around it
+    odd = {p.text for p in codeswitch_pairs([Pair("snow \x00 light", "x")], None, copies=16, rate=1.0, seed=0)}
+    assert odd == {"雪\x00 light", "снег \x00 light"}
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ _ROWS = 128  # words whose similarities to the whole vocabulary are computed at 
 #: the copies' on-disk version (training.pipeline keeps them in the cache folder): bump it when
 #: :func:`build_dictionary` or :func:`codeswitch_pairs` would make other copies of the same data and settings
 COPIES_VERSION = 3  # 2: words split into pieces are looked up by meaning (_meaning_neighbours); 3: no space after
-#                      a word of a script written without spaces (_JOIN)
+#                      a word of a script written without spaces (_WORD_SPACE)
 CONTEXT_CANDIDATES = 40  # nearest vocabulary entries searched per word and script in the lookup by meaning
 _VOCAB_BATCH = 512  # vocabulary entries embedded at once
 #: scripts written without spaces: any vocabulary piece of theirs may stand for a word, not only word starts
@@ -65,9 +65,8 @@ SCRIPTS = {
 }
 _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]+")
 _WORD = re.compile(r"[A-Za-z]+")
-#: marks the end of a replacement of an :data:`UNSPACED` script, whose following space is dropped (雪の朝, not 雪 の 朝)
-_JOIN = "\x00"
-_JOINED = re.compile(_JOIN + " ?")
+#: a word and the space after it, which a replacement of an :data:`UNSPACED` script drops (雪の朝, not 雪 の 朝)
+_WORD_SPACE = re.compile(r"([A-Za-z]+)( ?)")
 
 
 def _script(piece: str) -> str | None:
@@ -274,12 +273,13 @@ def codeswitch_pairs(pairs: Sequence[Pair], encoder, *, copies: int = DEFAULT_CO
             script = rng.choice(scripts)
 
             def swap(match, script=script):
-                neighbours = dictionary.get(match.group(0).lower(), {}).get(script)
+                word, space = match.groups()
+                neighbours = dictionary.get(word.lower(), {}).get(script)
                 if not (neighbours and rng.random() < rate):
                     return match.group(0)
-                return rng.choice(neighbours) + (_JOIN if join and script in UNSPACED else "")
+                return rng.choice(neighbours) + ("" if join and script in UNSPACED else space)
 
-            text = _JOINED.sub("", _WORD.sub(swap, en))
+            text = _WORD_SPACE.sub(swap, en)
             if text not in seen:
                 seen.add(text)
                 out.append(Pair(en=en, text=text, lang=CODESWITCH_LANG))
