@@ -189,12 +189,12 @@ class TrainAdapter:
                 "codeswitch": ("INT", {"default": DEFAULT_COPIES, "min": 0, "max": MAX_CODESWITCH,
                                        "tooltip": CODESWITCH_HELP}),
                 # after codeswitch, for the same reason: workflows saved before it take its default (1 run)
-                "runs": ("INT", {"default": 1, "min": 1, "max": MAX_RUNS, "tooltip": RUNS_HELP}),
+                "runs": ("INT", {"default": 0, "min": 0, "max": MAX_RUNS, "tooltip": RUNS_HELP}),
             },
         }
 
     def train(self, clip, encoder, recipe, arch, data_file, prompts, steps, learning_rate, batch_size, seed,
-              adapter_name, model=None, vae=None, images=None, clip_vision=None, codeswitch=DEFAULT_COPIES, runs=1):
+              adapter_name, model=None, vae=None, images=None, clip_vision=None, codeswitch=DEFAULT_COPIES, runs=0):
         check_runs(int(runs), arch)  # the pipeline's own check, before any data is read or model loaded
         pairs = _pairs(data_file, prompts)
         recipe_obj = training_recipe(recipe)

@@ -66,7 +66,7 @@ def test_train_help_of_copies_and_runs_is_the_text_the_node_and_the_web_ui_show(
     assert actions["runs"].help.replace("%%", "%") == RUNS_HELP
     text = " ".join(train.format_help().split())
     assert f"--codeswitch CODESWITCH {' '.join(CODESWITCH_HELP.split())} (default: {DEFAULT_COPIES})" in text
-    assert f"--runs RUNS {' '.join(RUNS_HELP.split())} (default: 1)" in text
+    assert f"--runs RUNS {' '.join(RUNS_HELP.split())} (default: 0)" in text
 
 
 def test_recipe_and_arch_choices_come_from_the_registries():
@@ -208,7 +208,7 @@ def test_train_runs_averages_and_records_them(setup, tmp_path):
     assert not list(tmp_path.glob("runs.safetensors.ckpt*"))
 
 
-@pytest.mark.parametrize("options, problem", [(["--runs", "0"], "--runs 0: runs must be a whole number from 1"),
+@pytest.mark.parametrize("options, problem", [(["--runs", "-1"], "--runs -1: runs must be a whole number from 0"),
                                               (["--runs", "2", "--arch", "mlp"],
                                                "--runs 2: runs 2 averages the weights of independent runs, which "
                                                "only the linear adapter allows (not 'mlp')")])

@@ -110,7 +110,7 @@ def _run(tiny, tmp_path, name, recipe="altclip-kd", **options):
     encoder, teacher = tiny
     job = TrainJob(synthetic.pairs(("en", "de")), encoder, teacher, "linear teacher", get_recipe(recipe), "linear",
                    TrainConfig(steps=4, batch_size=16, lr=1e-2), str(tmp_path / f"{name}.safetensors"),
-                   str(tmp_path / "cache"), **options)
+                   str(tmp_path / "cache"), **{"runs": 1, **options})
     lines: list[str] = []
     out = run_pipeline(job, Hooks(log=lines.append))
     return job, out, json.loads(read_adapter_spec(out.path).metadata["babelclip.recipe"])["codeswitch"], lines
@@ -153,6 +153,31 @@ def test_the_copies_are_made_once_per_process(tiny, tmp_path, monkeypatch):
     assert built == [1, 1, 1]
 
 
+def test_the_runs_of_a_job_look_the_words_up_once(tiny, tmp_path, monkeypatch):
+    """A default job of the linear adapter trains several runs, each on its own seed's copies of the same English:
+    the dictionary is built for the first and reused (a copy: what a caller changes stays its own); other words
+    build another."""
+    from babelclip.training import codeswitch
+    from babelclip.training.pipeline import DEFAULT_RUNS
+
+    monkeypatch.setattr(codeswitch, "_dictionary_memo", {})
+    looked_up = []
+    real = codeswitch._table_neighbours
+    monkeypatch.setattr(codeswitch, "_table_neighbours", lambda *a, **k: looked_up.append(1) or real(*a, **k))
+    job, out, meta, _ = _run(tiny, tmp_path, "runs", runs=0)
+    assert json.loads(read_adapter_spec(out.path).metadata["babelclip.recipe"])["runs"] == DEFAULT_RUNS
+    assert meta["pairs"] > 0 and looked_up == [1]
+
+    encoder = tiny[0]
+    seen = []
+    first = build_dictionary(encoder, ENGLISH[0].split(), progress=lambda done, total: seen.append((done, total)))
+    first[next(iter(first))].clear()
+    again = build_dictionary(encoder, ENGLISH[0].split(), progress=lambda done, total: seen.append((done, total)))
+    assert looked_up == [1, 1] and all(again.values()) and seen[-1][0] == seen[-1][1]  # the bar ends full
+    build_dictionary(encoder, ENGLISH[1].split())
+    assert looked_up == [1, 1, 1]
+
+
 def test_the_copies_are_kept_in_the_cache_folder_for_a_rerun_in_another_process(tiny, tmp_path, monkeypatch):
     """The command line's rerun after Ctrl-C is a new process: it reads the copies the first run wrote (the same
     rows, in order) instead of building the dictionary again; an unreadable file is made again and replaced, a
@@ -191,6 +216,7 @@ def test_the_copies_are_kept_in_the_cache_folder_for_a_rerun_in_another_process(
     for options in ({"codeswitch": 0}, {"codeswitch_rate": 0.0}):
         assert pipeline.codeswitched(job(**options), pairs) == []
     monkeypatch.setattr(codeswitch, "_ROWS", 2)  # chunks of 2 words: the stop comes before the last
+    monkeypatch.setattr(codeswitch, "_dictionary_memo", {})  # (a kept dictionary is reused at once: no chunks)
     assert pipeline.codeswitched(job(codeswitch=5), pairs, Hooks(should_stop=lambda: True)) is None
     assert len(list((tmp_path / "cache").glob("codeswitch-*.jsonl"))) == 2
 
@@ -218,11 +244,12 @@ def test_a_stop_while_code_switching_ends_the_run_before_any_feature(tiny, tmp_p
     from babelclip.training import codeswitch, pipeline
 
     monkeypatch.setattr(pipeline, "_copies", collections.OrderedDict())  # (earlier tests' copies: not built again)
+    monkeypatch.setattr(codeswitch, "_dictionary_memo", {})  # (nor their dictionary)
     monkeypatch.setattr(codeswitch, "_ROWS", 2)  # chunks of 2 words: several on the tiny vocabulary
     encoder, teacher = tiny
     job = TrainJob(synthetic.pairs(("en", "de")), encoder, teacher, "linear teacher", get_recipe("altclip-kd"),
                    "linear", TrainConfig(steps=2, batch_size=16, lr=1e-2), str(tmp_path / "s.safetensors"),
-                   str(tmp_path / "cache"))
+                   str(tmp_path / "cache"), runs=1)  # one run: one build (later runs reuse the dictionary)
     seen: list = []
 
     def progress(stage, done, total, loss=None):

@@ -26,10 +26,12 @@ def models(tmp_path_factory):
 
 
 def _job(models, tmp_path, name="a", recipe="altclip-kd", steps=6, **options) -> TrainJob:
+    """A job of one run unless ``runs`` says otherwise (the linear adapter's default is several)."""
     encoder, teacher = models
     config = TrainConfig(steps=steps, batch_size=16, lr=1e-2, checkpoint_every=2)
     return TrainJob(synthetic.pairs(("en", "de")), encoder, teacher, "linear teacher", get_recipe(recipe), "linear",
-                    config, str(tmp_path / f"{name}.safetensors"), str(tmp_path / "cache"), **options)
+                    config, str(tmp_path / f"{name}.safetensors"), str(tmp_path / "cache"),
+                    **{"runs": 1, **options})
 
 
 def _recorder(stop_at: dict | None = None):
@@ -120,20 +122,41 @@ def test_other_code_switched_copies_name_another_host_checkpoint(tmp_path, monke
 
 def test_the_host_checkpoint_is_named_by_the_job_as_before(tmp_path):
     """The name comes from the job alone (the settings are given once, to the job), and is the one hosts gave
-    before it did: a run cancelled under an older version resumes. The digests below are the older version's,
-    except where the run trains on copies (named by their version since version 2: version 3's copies differ, and
-    the default's settings changed, rate 0.5 -> 0.75) and for a run without copies (named by none of their settings
-    since then: before, codeswitch 0 put the rate in)."""
+    before it did: a run cancelled under an older version resumes. The digests below are the older version's for
+    one run, except where the run trains on copies (named by their version since version 2: version 3's copies
+    differ, and the default's settings changed: rate 0.5 -> 0.75, then 32 -> 64 copies) and for a run without
+    copies (named by none of their settings since then: before, codeswitch 0 put the rate in). The default job
+    trains DEFAULT_RUNS runs since then, and is named by them."""
     from babelclip.training.pipeline import host_checkpoint_path
 
     names = [os.path.relpath(host_checkpoint_path(_host_job(tmp_path, **copies)), tmp_path)
-             for copies in ({}, {"codeswitch": 0}, {"codeswitch": 2, "codeswitch_rate": 0.25})]
-    assert names == [os.path.join("cache", "a-altclip-kd-linear-3-6e4ad7b22889.ckpt"),
+             for copies in ({"runs": 1}, {"codeswitch": 0, "runs": 1},
+                            {"codeswitch": 2, "codeswitch_rate": 0.25, "runs": 1}, {})]
+    assert names == [os.path.join("cache", "a-altclip-kd-linear-3-86c90c0a016c.ckpt"),
                      os.path.join("cache", "a-altclip-kd-linear-3-18e3bb4940ca.ckpt"),
-                     os.path.join("cache", "a-altclip-kd-linear-3-03ab4a7e2bff.ckpt")]
+                     os.path.join("cache", "a-altclip-kd-linear-3-03ab4a7e2bff.ckpt"),
+                     os.path.join("cache", "a-altclip-kd-linear-3-8120b555ac08.ckpt")]
     job = _host_job(tmp_path, codeswitch=0)
     job.checkpoint = host_checkpoint_path(job)
     assert job.checkpoint_path == job.checkpoint  # what run_pipeline resumes from
+
+
+def test_runs_zero_trains_the_architectures_default_and_names_the_checkpoint_as_that_many(tmp_path):
+    """runs 0 (the front ends' default) is DEFAULT_RUNS for an architecture whose runs can be averaged and one run
+    for the others; the host checkpoint is named by the runs trained, so runs 0 and runs 4 resume each other."""
+    from babelclip.training.pipeline import AVERAGEABLE_ARCHS, DEFAULT_RUNS, default_runs, host_checkpoint_path
+
+    assert DEFAULT_RUNS > 1 and AVERAGEABLE_ARCHS == ("linear",)
+    assert _host_job(tmp_path).runs == 0 and _host_job(tmp_path).run_count == DEFAULT_RUNS == default_runs("linear")
+    assert default_runs("mlp") == 1 and _host_job(tmp_path, runs=2).run_count == 2
+    mlp = _host_job(tmp_path)
+    mlp.arch = "mlp"
+    assert mlp.run_count == 1
+
+    def ckpt(**options):
+        return host_checkpoint_path(_host_job(tmp_path, **options))
+
+    assert ckpt() == ckpt(runs=DEFAULT_RUNS) != ckpt(runs=1)
 
 
 def test_the_copies_and_the_host_checkpoint_are_keyed_by_the_encoder_identity(tmp_path):
@@ -203,7 +226,7 @@ def test_a_stop_in_a_later_run_resumes_there_and_saves_the_same_average(models, 
     assert not list(tmp_path.glob("cut.safetensors.ckpt*"))
 
 
-@pytest.mark.parametrize("runs, arch, problem", [(0, "linear", "from 1"), (2, "mlp", "only the linear")])
+@pytest.mark.parametrize("runs, arch, problem", [(-1, "linear", "from 0"), (2, "mlp", "only the linear")])
 def test_runs_that_cannot_be_averaged_are_refused_before_any_work(models, tmp_path, runs, arch, problem):
     job = _job(models, tmp_path, "no", runs=runs)
     job.arch = arch

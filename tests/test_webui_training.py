@@ -32,15 +32,18 @@ def test_the_tab_and_the_api_default_to_the_pipelines_copies_and_zero_stays_zero
         TrainRequest(encoder="enc", codeswitch=-1).check()
 
 
-def test_the_tab_and_the_api_default_to_one_run_and_zero_runs_is_refused_not_defaulted():
-    assert TrainRequest().runs == 1
+def test_the_tab_and_the_api_default_to_runs_zero_the_architectures_default_and_refuse_negative_runs():
+    """Runs 0 (the default, also typed) is the pipeline's default for the architecture: 4 runs of the linear
+    adapter, 1 of the others (TrainJob.run_count)."""
+    assert TrainRequest().runs == 0
     tab = ("enc", None, "a cat\t一只猫\tzh", "altclip-kd", "linear", 10, 1e-3, 4, 0, "n", 0)
-    assert tab_request(*tab).runs == tab_request(*tab, None).runs == tab_request(*tab, "").runs == 1
+    assert tab_request(*tab).runs == tab_request(*tab, None).runs == tab_request(*tab, "").runs == 0
     assert tab_request(*tab, 3.0).runs == 3 and tab_request(*tab, 3.0).codeswitch == 0  # after codeswitch
-    assert tab_request(*tab, 0).runs == 0  # not "empty, so the default": the check refuses it
-    with pytest.raises(InvalidDataError, match=r"runs must be a whole number from 1 \(got 0\)"):
-        tab_request(*tab, 0).check()
+    tab_request(*tab, 0).check()
+    with pytest.raises(InvalidDataError, match=r"runs must be a whole number from 0 \(got -1\)"):
+        tab_request(*tab, -1).check()
     TrainRequest(encoder="enc", arch="linear", runs=4).check()
+    TrainRequest(encoder="enc", arch="mlp", runs=0).check()  # one run of an mlp
     for arch in ("mlp", "resampler"):  # the pipeline's rule: only the linear adapter's runs average
         with pytest.raises(InvalidDataError, match=rf"runs 2 averages .* only the linear adapter .*'{arch}'"):
             TrainRequest(encoder="enc", arch=arch, runs=2).check()

@@ -410,15 +410,17 @@ def _config_help(name: str) -> str:
 
 def _add_demo(sub) -> None:
     from .demo import DEMO_DEFAULTS, DESCRIPTION
+    from .pipeline import RUNS_HELP
 
-    p = sub.add_parser("demo", help="train and evaluate an adapter with tiny built-in models (no download, about "
-                                    "a minute)", description=DESCRIPTION, formatter_class=_HelpFormatter)
+    p = sub.add_parser("demo", help="train and evaluate an adapter with tiny built-in models (no download, a "
+                                    "minute or two)", description=DESCRIPTION, formatter_class=_HelpFormatter)
     p.add_argument("--workdir", help="where to write models, cache and adapter; a second run in the same folder "
                                      "reuses the models and cache (default: a new temporary folder)")
     p.add_argument("--steps", type=int, default=DEMO_DEFAULTS["steps"], help=_config_help("steps"))
     p.add_argument("--lr", type=float, default=DEMO_DEFAULTS["lr"], help=_config_help("lr"))
     p.add_argument("--batch-size", type=int, default=DEMO_DEFAULTS["batch_size"], help=_config_help("batch_size"))
     _recipe_and_arch(p, recipe=DEMO_DEFAULTS["recipe"], arch=DEMO_DEFAULTS["arch"], text_only=True)
+    p.add_argument("--runs", type=int, default=DEMO_DEFAULTS["runs"], help=_shared_help(RUNS_HELP))
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch: the tiny models run fastest on one, and several threads slow down "
                         "badly on a busy machine")
@@ -451,7 +453,7 @@ def _add_train(sub) -> None:
     p.add_argument("--codeswitch", type=int, default=DEFAULT_COPIES, help=_shared_help(CODESWITCH_HELP))
     p.add_argument("--codeswitch-rate", type=float, default=DEFAULT_RATE,
                    help="share of a code-switched copy's replaceable words that are replaced")
-    p.add_argument("--runs", type=int, default=1, help=_shared_help(RUNS_HELP))
+    p.add_argument("--runs", type=int, default=0, help=_shared_help(RUNS_HELP))
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help=_config_help("checkpoint_every") + " (<out>.ckpt, removed when the run ends)")

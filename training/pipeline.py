@@ -36,7 +36,8 @@ from .trainer import TrainConfig, TrainResult
 
 __all__ = ["TrainJob", "Hooks", "PipelineResult", "split_for_training", "check_job", "run_pipeline",
            "MIN_PAIRS_TO_HOLD_OUT", "CODESWITCH_STAGE", "unique_adapter_path", "host_checkpoint_path",
-           "check_runs", "average_into", "AVERAGEABLE_ARCHS", "STOPPED_IN", "CODESWITCH_HELP", "RUNS_HELP"]
+           "check_runs", "default_runs", "average_into", "AVERAGEABLE_ARCHS", "DEFAULT_RUNS", "STOPPED_IN",
+           "CODESWITCH_HELP", "RUNS_HELP"]
 
 log = logging.getLogger("babelclip.training")
 
@@ -76,8 +77,13 @@ class TrainJob:
     codeswitch: int = DEFAULT_COPIES
     codeswitch_rate: float = DEFAULT_RATE
     # independent runs (seeds seed .. seed+runs-1: initialisation, batch order, copies) whose weights are averaged;
-    # the linear adapter only (other architectures' runs share no basis to average in)
-    runs: int = 1
+    # the linear adapter only (other architectures' runs share no basis to average in); 0: :func:`default_runs`
+    runs: int = 0
+
+    @property
+    def run_count(self) -> int:
+        """The runs this job trains: ``runs``, or for 0 the architecture's default (:func:`default_runs`)."""
+        return self.runs or default_runs(self.arch)
 
     @property
     def checkpoint_path(self) -> str:
@@ -145,8 +151,8 @@ def host_checkpoint_path(job: TrainJob) -> str:
     parts = [*job.encoder.info.identity.values(), job.teacher.fingerprint, rows]
     if job.codeswitch > 0 and job.codeswitch_rate > 0 and _uses_codeswitch(job):  # a run without copies: no part
         parts.append(["codeswitch", job.codeswitch, job.codeswitch_rate, COPIES_VERSION])
-    if job.runs != 1:
-        parts.append(["runs", job.runs])
+    if job.run_count != 1:
+        parts.append(["runs", job.run_count])
     identity = json.dumps(parts, ensure_ascii=False)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     stem = os.path.basename(job.out)[: -len(".safetensors")]
@@ -160,6 +166,15 @@ def split_for_training(pairs: Sequence[Pair], val_fraction: float, seed: int) ->
 
 #: the architectures whose runs can be averaged (``TrainJob.runs``)
 AVERAGEABLE_ARCHS = ("linear",)
+#: runs averaged when none are asked for (``runs`` 0), for an architecture of AVERAGEABLE_ARCHS (BENCHMARKS.md,
+#: *Cross-lingual fidelity*: 4 runs of 64 copies met the average transfer target on both splits, 1 run on neither)
+DEFAULT_RUNS = 4
+
+
+def default_runs(arch: str) -> int:
+    """The runs a job of ``arch`` trains when none are asked for: :data:`DEFAULT_RUNS` where they can be
+    averaged, else 1."""
+    return DEFAULT_RUNS if arch in AVERAGEABLE_ARCHS else 1
 
 #: The one help text of ``TrainJob.codeswitch`` (default :data:`~.codeswitch.DEFAULT_COPIES`), read by the Train
 #: node's tooltip, the web UI tab's info and the CLI's ``--codeswitch`` help; the front ends show the default.
@@ -168,18 +183,21 @@ CODESWITCH_HELP = ("Code-switched copies of each English prompt (words swapped f
                    "cross-lingual meaning in English-only training; 0 turns them off. Text recipes only. They cost "
                    "an encoder pass over the copies and, once per process and encoder, a pass over its vocabulary "
                    "for the lookup by meaning (about two minutes on 2 CPU cores, seconds on a GPU).")
-#: The one help text of ``TrainJob.runs`` (default 1, checked by :func:`check_runs`), read by the same three.
+#: The one help text of ``TrainJob.runs`` (default 0, checked by :func:`check_runs`), read by the same three.
 RUNS_HELP = ("Train this many independent runs (seeds seed .. seed+runs-1: initialisation, batch order, copies) and "
              "save the average of their weights: a steadier adapter that keeps more of the encoder's cross-lingual "
-             "meaning (BENCHMARKS.md, soup=4: 4 runs gave about +0.02 transfer, +0.02 to +0.05 for the worst "
-             "language) for runs x the training "
-             f"time. Only the {' / '.join(AVERAGEABLE_ARCHS)} architecture; 1 trains one adapter.")
+             "meaning (BENCHMARKS.md, soup=4: 4 runs gave about +0.02 transfer, +0.025 to +0.035 for the worst "
+             "language) for runs x the training time and copies. Only the "
+             f"{' / '.join(AVERAGEABLE_ARCHS)} architecture; 1 trains one adapter; 0 (the default) trains "
+             f"{DEFAULT_RUNS} for {' / '.join(AVERAGEABLE_ARCHS)}, 1 for the others.")
 
 
 def check_runs(runs, arch: str) -> None:
-    """``runs`` must be a whole number from 1, and above 1 only for an architecture in AVERAGEABLE_ARCHS."""
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise InvalidDataError(f"runs must be a whole number from 1 (got {runs!r}); 1 trains one adapter.")
+    """``runs`` must be a whole number from 0 (the architecture's default), and above 1 only for an
+    architecture in AVERAGEABLE_ARCHS."""
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 0:
+        raise InvalidDataError(f"runs must be a whole number from 0 (got {runs!r}); 1 trains one adapter, 0 the "
+                               f"architecture's default.")
     if runs > 1 and arch not in AVERAGEABLE_ARCHS:
         raise InvalidDataError(f"runs {runs} averages the weights of independent runs, which only the "
                                f"{', '.join(AVERAGEABLE_ARCHS)} adapter allows (not {arch!r}): use runs 1, or that "
@@ -376,7 +394,7 @@ def metadata(job: TrainJob, result: TrainResult, train_pairs, report, seconds: f
         "recipe": {"name": job.recipe.name, "options": _recipe_options(job.recipe), **dataclasses.asdict(job.config),
                    "final_loss": result.losses[-1],
                    "final_terms": result.terms, "train_pairs": len(train_pairs), "seconds": seconds, **switched,
-                   **({"runs": job.runs} if job.runs != 1 else {})},
+                   **({"runs": job.run_count} if job.run_count != 1 else {})},
         "metrics": report["average"] if report else {},
     }
 
@@ -390,7 +408,7 @@ def _save(job: TrainJob, hooks: Hooks, adapter, result: TrainResult, train_pairs
     meta = metadata(job, result, train_pairs, report, seconds, codeswitched)
     table = report_markdown(report) if report else None
     save_adapter(adapter.cpu(), job.out, meta, overwrite=job.overwrite, evaluation=table)
-    for path in (job.checkpoint_path, *(_run_job(job, k).checkpoint_path for k in range(1, job.runs))):
+    for path in (job.checkpoint_path, *(_run_job(job, k).checkpoint_path for k in range(1, job.run_count))):
         if os.path.exists(path):
             os.unlink(path)
     hooks.log(f"saved {job.out} (final loss {result.losses[-1]:.4g})")
@@ -446,7 +464,7 @@ def run_pipeline(job: TrainJob, hooks: Hooks | None = None) -> PipelineResult:
         hooks.prepared(adapter, val)
     started = time.perf_counter()
     result, others = None, []
-    for k in range(job.runs):  # one bar: the runs' steps one after the other
+    for k in range(job.run_count):  # one bar: the runs' steps one after the other
         run = _run_job(job, k)
         if k:  # its own copies (its seed's) and their features; the held-out split is the job's
             copies = codeswitched(run, train_pairs, hooks)
@@ -460,7 +478,7 @@ def run_pipeline(job: TrainJob, hooks: Hooks | None = None) -> PipelineResult:
             with torch.inference_mode(False), torch.enable_grad():
                 others.append(_build_adapter(run))
         progress = ((lambda done, total, loss=None, k=k: hooks.progress("training", k * total + done,
-                                                                          job.runs * total, loss))
+                                                                          job.run_count * total, loss))
                     if hooks.progress else None)
         with torch.inference_mode(False), torch.enable_grad():
             result = train(others[-1] if k else adapter, job.recipe, data, run.config,

@@ -62,7 +62,8 @@ class TrainRequest:
     seed: int = 0
     adapter_name: str = "my-adapter"
     codeswitch: int = DEFAULT_COPIES  # code-switched copies per English prompt (training.codeswitch); 0: none
-    runs: int = 1  # runs (seeds seed .. seed+runs-1) whose weights are averaged; above 1 for AVERAGEABLE_ARCHS only
+    runs: int = 0  # runs (seeds seed .. seed+runs-1) whose weights are averaged; above 1 for AVERAGEABLE_ARCHS only;
+    #               0: the architecture's default (training.pipeline.default_runs)
 
     def pairs(self):
         if self.data_file:
@@ -287,8 +288,8 @@ def _number_or(value, default: int) -> int:
 
 def tab_request(encoder, data_file, prompts, recipe, arch, steps, lr, batch, seed, name, codeswitch=None,
                 runs=None):
-    """The tab's values as a :class:`TrainRequest`: an empty box takes the default (0 copies stays 0, and 0 runs
-    stays 0 for the check to refuse)."""
+    """The tab's values as a :class:`TrainRequest`: an empty box takes the default (0 copies stays 0: none; 0 runs
+    is the architecture's default)."""
     defaults = TrainRequest()
     return TrainRequest(encoder or "", prompts or "", getattr(data_file, "name", data_file) or None, recipe,
                         arch, int(steps or defaults.steps), float(lr or defaults.learning_rate),
@@ -340,7 +341,7 @@ def ui_tab():
                 with gr.Row():
                     codeswitch = gr.Number(DEFAULT_COPIES, label="Code-switched copies", precision=0, minimum=0,
                                            info=CODESWITCH_HELP)
-                    runs = gr.Number(1, label="Runs to average", precision=0, minimum=1, info=RUNS_HELP)
+                    runs = gr.Number(0, label="Runs to average", precision=0, minimum=0, info=RUNS_HELP)
                 name = gr.Textbox("my-adapter", label="Adapter name (models/babelclip; never overwritten)")
                 with gr.Row():
                     start = gr.Button("Train", variant="primary")

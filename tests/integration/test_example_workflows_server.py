@@ -133,17 +133,17 @@ def test_the_train_nodes_last_widgets_are_codeswitch_then_runs_with_their_defaul
     names = [w[0] for w in _widgets(info["BabelCLIPTrainAdapter"])]
     assert names[-3:] == ["adapter_name", "codeswitch", "runs"]  # new widgets go last, after the older ones
     optional = info["BabelCLIPTrainAdapter"]["input"]["optional"]
-    assert optional["codeswitch"][1]["default"] == DEFAULT_COPIES and optional["runs"][1]["default"] == 1
+    assert optional["codeswitch"][1]["default"] == DEFAULT_COPIES and optional["runs"][1]["default"] == 0
 
 
 def test_a_train_node_saved_before_its_codeswitch_input_queues_with_the_defaults(comfy, sd15_folder):
     """Workflows saved before the Train node had ``codeswitch`` have two widget values fewer (no codeswitch, no
     runs): they convert as the frontends load them, and the queued run trains on the pipeline's default copies,
-    one run (the adapter's metadata says so)."""
+    and runs 0 (the default) trains the example's mlp adapter once (the adapter's metadata says so)."""
     from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
 
     prompt, train = _saved_before(comfy.get("/object_info"), "adapter_name", [])
-    assert train["codeswitch"] == DEFAULT_COPIES and train["runs"] == 1 and train["adapter_name"] == "my-first-adapter"
+    assert train["codeswitch"] == DEFAULT_COPIES and train["runs"] == 0 and train["adapter_name"] == "my-first-adapter"
     assert train["steps"] == 300 and train["seed"] == 0
 
     # one English prompt of the example's (the copies' dictionary costs per distinct English word), 9 languages
@@ -157,11 +157,11 @@ def test_a_train_node_saved_before_its_codeswitch_input_queues_with_the_defaults
 
 def test_a_train_node_saved_before_its_runs_input_queues_with_one_run_and_its_own_codeswitch(comfy, sd15_folder):
     """Workflows saved before the Train node had ``runs`` have one widget value fewer: their last value is still
-    codeswitch's (here 0, no copies: it reaches the run) and runs takes its default, one run."""
+    codeswitch's (here 0, no copies: it reaches the run) and runs takes its default, 0 (one run of the mlp)."""
     from babelclip.training.codeswitch import DEFAULT_RATE
 
     prompt, train = _saved_before(comfy.get("/object_info"), "codeswitch", [0])
-    assert train["codeswitch"] == 0 and train["runs"] == 1 and train["adapter_name"] == "my-first-adapter"
+    assert train["codeswitch"] == 0 and train["runs"] == 0 and train["adapter_name"] == "my-first-adapter"
     recipe = _trained_recipe(comfy, *_train_graph(comfy, sd15_folder, prompt, adapter_name="saved-before-runs"))
     assert recipe["codeswitch"] == {"copies": 0, "rate": DEFAULT_RATE, "pairs": 0}
     assert recipe["steps"] == 2 and "runs" not in recipe

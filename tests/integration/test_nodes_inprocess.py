@@ -219,7 +219,7 @@ def test_train_node_offers_the_code_switched_copies_and_zero_turns_them_off(comf
     import folder_paths
 
     from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
-    from babelclip.training.pipeline import CODESWITCH_HELP
+    from babelclip.training.pipeline import CODESWITCH_HELP, DEFAULT_RUNS
 
     from ..synthetic import corpus
 
@@ -240,11 +240,12 @@ def test_train_node_offers_the_code_switched_copies_and_zero_turns_them_off(comf
                                        "no-copies", codeswitch=0)["result"]
     recipe = json.loads(handle.spec.metadata["babelclip.recipe"])
     assert recipe["codeswitch"] == {"copies": 0, "rate": DEFAULT_RATE, "pairs": 0}
-    assert "runs" not in recipe  # the default: one run (the metadata records runs only above 1)
+    assert recipe["runs"] == DEFAULT_RUNS  # the default for the linear adapter (runs 0)
 
 
 def test_train_node_offers_runs_last_and_refuses_them_above_1_for_a_non_linear_adapter(comfy_nodes):
-    """``runs`` is the last optional input (after codeswitch: workflows saved before it take its default, 1 run);
+    """``runs`` is the last optional input (after codeswitch: workflows saved before it take its default, 0: the
+    architecture's default, 4 runs of a linear adapter, 1 of the others);
     above 1 with an adapter whose runs cannot be averaged, the node raises the pipeline's typed error before it
     reads data or loads a model."""
     from babelclip.errors import InvalidDataError
@@ -254,7 +255,7 @@ def test_train_node_offers_runs_last_and_refuses_them_above_1_for_a_non_linear_a
     optional = node_class.INPUT_TYPES()["optional"]
     assert list(optional)[-1] == "runs"
     kind, options = optional["runs"]
-    assert kind == "INT" and options["default"] == 1 and options["min"] == 1 and options["max"] >= 4
+    assert kind == "INT" and options["default"] == 0 and options["min"] == 0 and options["max"] >= 4
     assert options["tooltip"] == RUNS_HELP  # the one text: the CLI's --help and the web UI's info read it too
     assert "average" in options["tooltip"] and "BENCHMARKS.md" in options["tooltip"]
     assert all(arch in options["tooltip"] for arch in AVERAGEABLE_ARCHS)
@@ -262,10 +263,10 @@ def test_train_node_offers_runs_last_and_refuses_them_above_1_for_a_non_linear_a
     with pytest.raises(InvalidDataError, match="only the linear adapter"):  # no clip, encoder or data needed
         node_class().train(None, None, "altclip-kd", "mlp", "(use the text box)", "", 2, 1e-3, 4, 0, "never",
                            runs=2)
-    # the 2024 ComfyUI does not hold optional inputs to their min: the node's own check refuses 0
-    with pytest.raises(InvalidDataError, match=r"runs must be a whole number from 1 \(got 0\)"):
+    # the 2024 ComfyUI does not hold optional inputs to their min: the node's own check refuses -1
+    with pytest.raises(InvalidDataError, match=r"runs must be a whole number from 0 \(got -1\)"):
         node_class().train(None, None, "altclip-kd", "linear", "(use the text box)", "", 2, 1e-3, 4, 0, "never",
-                           runs=0)
+                           runs=-1)
 
 
 def test_comfy_unet_backward_reaches_the_conditioning_only(comfy_nodes, sd15_model):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
+from babelclip.training.pipeline import DEFAULT_RUNS
 
 from ..conftest import make_adapter_file
 from .harness import KINDS
@@ -71,7 +72,7 @@ def test_the_api_trains_against_the_loaded_checkpoint_and_the_next_txt2img_uses_
     assert teacher["fingerprint"] == answer["teacher"]["fingerprint"] and teacher["source"] == server.checkpoint_name
     recipe = json.loads(meta["babelclip.recipe"])
     assert recipe["steps"] == 40 and recipe["codeswitch"]["copies"] == DEFAULT_COPIES  # the API's default
-    assert "runs" not in recipe  # the API's default: one run (the metadata records runs only above 1)
+    assert recipe["runs"] == DEFAULT_RUNS  # the API's default for the linear adapter (runs 0)
     assert "trained.safetensors" in server.get("/babelclip/v1/models")["adapters"]
 
     off = server.images(server.txt2img({"prompt": PROMPT, "steps": 2}))[0]
@@ -125,7 +126,7 @@ def test_bad_requests_answer_400_with_babelclips_message_and_the_server_goes_on(
                        (_request(encoder="missing"), "missing"),
                        (_request(prompts=""), "No training prompts"),
                        (_request(codeswitch=-1), "negative"),
-                       (_request(runs=0), "runs must be a whole number from 1"),
+                       (_request(runs=-1), "runs must be a whole number from 0"),
                        (_request(runs=2, arch="mlp"), "only the linear adapter"),
                        (_request(encoder="../../Stable-diffusion"), "outside")):
         with pytest.raises(WebUIError) as err:
