@@ -152,6 +152,9 @@ def test_runs_zero_trains_the_architectures_default_and_names_the_checkpoint_as_
     mlp = _host_job(tmp_path)
     mlp.arch = "mlp"
     assert mlp.run_count == 1
+    pea = _host_job(tmp_path)  # a denoiser recipe: each step runs the denoiser, so one run unless asked
+    pea.recipe = get_recipe("pea")
+    assert pea.run_count == 1 and default_runs("linear", get_recipe("mclip-trikd")) == DEFAULT_RUNS
 
     def ckpt(**options):
         return host_checkpoint_path(_host_job(tmp_path, **options))

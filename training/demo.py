@@ -150,7 +150,7 @@ def _run(args) -> int:
     atomic_write(path, lambda tmp: _write_json(tmp, comparison), "demo comparison")
     print("\n" + comparison_text(comparison))
     rest = comparison["seconds"] - sum(times.values())
-    runs = train_args.runs or default_runs(train_args.arch)  # the train command's default: averaged runs
+    runs = train_args.runs or default_runs(train_args.arch)  # the train command's default (text recipes only)
     steps = f"{runs} runs of {plan.config.steps} training steps" if runs > 1 else f"{plan.config.steps} training steps"
     print(f"\nDemo files in {work}. Finished in {comparison['seconds']:.0f} s: models {times['models']:.0f} s, "
           f"loading and caching features {times['features']:.0f} s, {steps} {times['training']:.0f} s, "

@@ -82,8 +82,9 @@ class TrainJob:
 
     @property
     def run_count(self) -> int:
-        """The runs this job trains: ``runs``, or for 0 the architecture's default (:func:`default_runs`)."""
-        return self.runs or default_runs(self.arch)
+        """The runs this job trains: ``runs``, or for 0 the default of its architecture and recipe
+        (:func:`default_runs`)."""
+        return self.runs or default_runs(self.arch, self.recipe)
 
     @property
     def checkpoint_path(self) -> str:
@@ -166,15 +167,17 @@ def split_for_training(pairs: Sequence[Pair], val_fraction: float, seed: int) ->
 
 #: the architectures whose runs can be averaged (``TrainJob.runs``)
 AVERAGEABLE_ARCHS = ("linear",)
-#: runs averaged when none are asked for (``runs`` 0), for an architecture of AVERAGEABLE_ARCHS (BENCHMARKS.md,
-#: *Cross-lingual fidelity*: 4 runs of 64 copies met the average transfer target on both splits, 1 run on neither)
+#: runs averaged when none are asked for (``runs`` 0), for an architecture of AVERAGEABLE_ARCHS trained by a text
+#: recipe (BENCHMARKS.md, *Cross-lingual fidelity*: 4 runs of 64 copies met the average transfer target on both
+#: splits, 1 run on neither)
 DEFAULT_RUNS = 4
 
 
-def default_runs(arch: str) -> int:
-    """The runs a job of ``arch`` trains when none are asked for: :data:`DEFAULT_RUNS` where they can be
-    averaged, else 1."""
-    return DEFAULT_RUNS if arch in AVERAGEABLE_ARCHS else 1
+def default_runs(arch: str, recipe=None) -> int:
+    """The runs a job of ``arch`` and ``recipe`` trains when none are asked for: :data:`DEFAULT_RUNS` where they
+    can be averaged and the recipe is a text recipe (where it was measured), else 1: a denoiser recipe's every
+    step runs the denoiser, so its runs are asked for, not given."""
+    return DEFAULT_RUNS if arch in AVERAGEABLE_ARCHS and not getattr(recipe, "needs_images", False) else 1
 
 #: The one help text of ``TrainJob.codeswitch`` (default :data:`~.codeswitch.DEFAULT_COPIES`), read by the Train
 #: node's tooltip, the web UI tab's info and the CLI's ``--codeswitch`` help; the front ends show the default.
@@ -189,7 +192,7 @@ RUNS_HELP = ("Train this many independent runs (seeds seed .. seed+runs-1: initi
              "meaning (BENCHMARKS.md, soup=4: 4 runs gave about +0.02 transfer, +0.025 to +0.035 for the worst "
              "language) for runs x the training time and copies. Only the "
              f"{' / '.join(AVERAGEABLE_ARCHS)} architecture; 1 trains one adapter; 0 (the default) trains "
-             f"{DEFAULT_RUNS} for {' / '.join(AVERAGEABLE_ARCHS)}, 1 for the others.")
+             f"{DEFAULT_RUNS} for {' / '.join(AVERAGEABLE_ARCHS)} with a text recipe, 1 otherwise.")
 
 
 def check_runs(runs, arch: str) -> None:

@@ -63,7 +63,7 @@ def test_train_node_offers_every_recipe(server):
     assert kind == "INT" and options["default"] == DEFAULT_COPIES and options["min"] == 0
     assert "code-switched copies" in options["tooltip"].lower() and "0 turns them off" in options["tooltip"]
     kind, options = optional["runs"]
-    assert kind == "INT" and options["default"] == 1 and options["min"] == 1
+    assert kind == "INT" and options["default"] == 0 and options["min"] == 0
     assert "average" in options["tooltip"] and "linear" in options["tooltip"]
 
 
@@ -145,6 +145,7 @@ def test_cancel_keeps_the_step_it_reached_and_the_same_settings_resume_there(ser
     # is aimed at, still far below the checkpoint interval
     graph = text_graph(train_node(["1", 0], "altclip-kd", data_file="prompts.tsv", prompts="", steps=steps,
                                   batch_size=128, arch="linear", name="cancelled"))
+    graph["10"]["inputs"]["runs"] = 1  # one run: its bar is the steps (runs 0 trains 4 of a linear adapter)
     target = random.Random().randint(5, CHECKPOINT_EVERY // 3)
     with ProgressListener(server) as listener:
         pid = server.queue(graph, listener.client_id)
