@@ -188,7 +188,8 @@ class TrainAdapter:
                 # last, so that workflows saved before it keep their positional widget values (it takes its default)
                 "codeswitch": ("INT", {"default": DEFAULT_COPIES, "min": 0, "max": MAX_CODESWITCH,
                                        "tooltip": CODESWITCH_HELP}),
-                # after codeswitch, for the same reason: workflows saved before it take its default (1 run)
+                # after codeswitch, for the same reason: workflows saved before it take its default (0: the
+                # architecture's, training.pipeline.default_runs)
                 "runs": ("INT", {"default": 0, "min": 0, "max": MAX_RUNS, "tooltip": RUNS_HELP}),
             },
         }

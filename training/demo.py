@@ -100,7 +100,8 @@ def _train_argv(args, work: str, enc: str, ckpt: str, tok: str) -> list[str]:
     out = os.path.join(work, "babelclip", f"demo-{args.arch}-{args.recipe}.safetensors")
     return ["train", "--teacher", ckpt, "--clip-tokenizer", tok, "--encoder", enc, "--data", SHIPPED_PROMPTS,
             "--recipe", args.recipe, "--arch", args.arch, "--steps", str(args.steps), "--lr", str(args.lr),
-            "--batch-size", str(args.batch_size), "--runs", str(args.runs), "--val-fraction", str(VAL_FRACTION), "--out", out,
+            "--batch-size", str(args.batch_size), "--runs", str(args.runs), "--val-fraction", str(VAL_FRACTION),
+            "--out", out,
             "--cache-dir", os.path.join(work, "cache"), "--overwrite"]
 
 
@@ -120,7 +121,6 @@ def _run(args) -> int:
     from .cli import SHIPPED_PROMPTS, build_parser, check_train_args, run_train
     from .data import read_pairs
     from .evaluation import evaluate_adapter
-    from .pipeline import default_runs
 
     started = time.perf_counter()
     pairs = read_pairs(SHIPPED_PROMPTS)
@@ -150,7 +150,7 @@ def _run(args) -> int:
     atomic_write(path, lambda tmp: _write_json(tmp, comparison), "demo comparison")
     print("\n" + comparison_text(comparison))
     rest = comparison["seconds"] - sum(times.values())
-    runs = train_args.runs or default_runs(train_args.arch)  # the train command's default (text recipes only)
+    runs = result.metadata["recipe"].get("runs", 1)  # what the job trained (the metadata names runs above 1)
     steps = f"{runs} runs of {plan.config.steps} training steps" if runs > 1 else f"{plan.config.steps} training steps"
     print(f"\nDemo files in {work}. Finished in {comparison['seconds']:.0f} s: models {times['models']:.0f} s, "
           f"loading and caching features {times['features']:.0f} s, {steps} {times['training']:.0f} s, "
