@@ -67,6 +67,8 @@ def test_train_help_of_copies_and_runs_is_the_text_the_node_and_the_web_ui_show(
     text = " ".join(train.format_help().split())
     assert f"--codeswitch CODESWITCH {' '.join(CODESWITCH_HELP.split())} (default: {DEFAULT_COPIES})" in text
     assert f"--runs RUNS {' '.join(RUNS_HELP.split())} (default: 0)" in text
+    demo = _subparsers()["demo"]  # the demo trains with the same default and says so in the same words
+    assert f"--runs RUNS {' '.join(RUNS_HELP.split())} (default: 0)" in " ".join(demo.format_help().split())
 
 
 def test_recipe_and_arch_choices_come_from_the_registries():
