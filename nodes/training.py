@@ -22,7 +22,7 @@ from ..training.pipeline import (CODESWITCH_HELP, RUNS_HELP, Hooks, TrainJob, ch
                                  run_pipeline, unique_adapter_path)
 from ..training.recipes import (DEFAULT_ARCH, DEFAULT_RECIPE, list_recipes, recipe_help, text_recipe_names,
                                 training_recipe)
-from ..training.trainer import TrainConfig
+from ..training.trainer import DEFAULT_STEPS, TrainConfig
 from . import comfy_runtime as runtime, loaded_models
 
 DATA_NONE = "(use the text box)"
@@ -170,7 +170,7 @@ class TrainAdapter:
                 "prompts": ("STRING", {"multiline": True, "default": "", "tooltip":
                                        "One 'english<TAB>translation[<TAB>lang]' or one English prompt per line "
                                        "(used when data_file is the text box)."}),
-                "steps": ("INT", {"default": 500, "min": 1, "max": 1_000_000, "tooltip": "Optimizer steps."}),
+                "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 1_000_000, "tooltip": "Optimizer steps."}),
                 "learning_rate": ("FLOAT", {"default": 1e-3, "min": 1e-7, "max": 1.0, "step": 1e-5,
                                             "tooltip": "Peak AdamW learning rate (warmup, then cosine)."}),
                 "batch_size": ("INT", {"default": 32, "min": 1, "max": 4096, "tooltip": "Examples per step."}),

@@ -59,6 +59,7 @@ def test_train_help_of_copies_and_runs_is_the_text_the_node_and_the_web_ui_show(
     tab's info read it too: tests/integration/test_nodes_inprocess.py, tests/test_webui_training.py)."""
     from babelclip.training.codeswitch import DEFAULT_COPIES
     from babelclip.training.pipeline import CODESWITCH_HELP, RUNS_HELP
+    from babelclip.training.trainer import DEFAULT_STEPS, TrainConfig
 
     train = _subparsers()["train"]
     actions = {a.dest: a for a in train._actions}
@@ -67,6 +68,7 @@ def test_train_help_of_copies_and_runs_is_the_text_the_node_and_the_web_ui_show(
     text = " ".join(train.format_help().split())
     assert f"--codeswitch CODESWITCH {' '.join(CODESWITCH_HELP.split())} (default: {DEFAULT_COPIES})" in text
     assert f"--runs RUNS {' '.join(RUNS_HELP.split())} (default: 0)" in text
+    assert f"(default: {DEFAULT_STEPS})" in text and actions["steps"].default == DEFAULT_STEPS == TrainConfig().steps
     demo = _subparsers()["demo"]  # the demo trains with the same default and says so in the same words
     assert f"--runs RUNS {' '.join(RUNS_HELP.split())} (default: 0)" in " ".join(demo.format_help().split())
 

@@ -17,12 +17,14 @@ from babelclip.errors import InvalidDataError
 from babelclip.models.encoder import EncoderInfo
 from babelclip.training.codeswitch import DEFAULT_COPIES
 from babelclip.training.pipeline import CODESWITCH_HELP, RUNS_HELP, host_checkpoint_path
+from babelclip.training.trainer import DEFAULT_STEPS, TrainConfig
 from babelclip.webui import training as webui_training
 from babelclip.webui.training import TrainRequest, tab_request
 
 
 def test_the_tab_and_the_api_default_to_the_pipelines_copies_and_zero_stays_zero():
     assert TrainRequest().codeswitch == DEFAULT_COPIES
+    assert TrainRequest().steps == DEFAULT_STEPS == TrainConfig().steps  # the CLI's and the node's default too
     tab = ("enc", None, "a cat\t一只猫\tzh", "altclip-kd", "linear", 10, 1e-3, 4, 0, "n")
     assert tab_request(*tab, 0).codeswitch == 0  # not "empty, so the default"
     assert tab_request(*tab, 3.0).codeswitch == 3

@@ -35,7 +35,7 @@ from ..training.evaluation import report_markdown
 from ..training.pipeline import (CODESWITCH_HELP, RUNS_HELP, STOPPED_IN, Hooks, TrainJob, check_runs,
                                  host_checkpoint_path, run_pipeline, unique_adapter_path)
 from ..training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, text_recipe_names, training_recipe
-from ..training.trainer import TrainConfig
+from ..training.trainer import DEFAULT_STEPS, TrainConfig
 from . import runtime
 
 log = logging.getLogger("babelclip.webui")
@@ -56,7 +56,7 @@ class TrainRequest:
     data_file: str | None = None  # a TSV/CSV/JSONL/.txt file (the tab's upload); the API sends prompts instead
     recipe: str = DEFAULT_RECIPE
     arch: str = DEFAULT_ARCH
-    steps: int = 500
+    steps: int = DEFAULT_STEPS
     learning_rate: float = 1e-3
     batch_size: int = 32
     seed: int = 0
@@ -334,7 +334,7 @@ def ui_tab():
                                          info="Text recipes; the denoiser recipes train in ComfyUI or the CLI.")
                     arch = gr.Dropdown(sorted(trainable_architectures()), value=DEFAULT_ARCH, label="Architecture")
                 with gr.Row():
-                    steps = gr.Number(500, label="Steps", precision=0, minimum=1)
+                    steps = gr.Number(DEFAULT_STEPS, label="Steps", precision=0, minimum=1)
                     lr = gr.Number(1e-3, label="Learning rate", minimum=1e-7)
                     batch = gr.Number(32, label="Batch size", precision=0, minimum=1)
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0)

@@ -13,7 +13,7 @@ import torch
 from babelclip.models import read_adapter_spec
 from babelclip.training.codeswitch import DEFAULT_COPIES
 from babelclip.training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, list_recipes
-from babelclip.training.trainer import TrainConfig
+from babelclip.training.trainer import DEFAULT_STEPS, TrainConfig
 
 from .cheap import CLIP_FILE, ENCODER, execution_error, link_clip, messages
 from .comfyui import ProgressListener
@@ -50,6 +50,7 @@ def text_graph(train: dict) -> dict:
 def test_train_node_offers_every_recipe(server):
     required = server.get("/object_info")["BabelCLIPTrainAdapter"]["input"]["required"]
     assert required["arch"][1]["default"] == DEFAULT_ARCH  # the measured best (training/recipes.py)
+    assert required["steps"][1]["default"] == DEFAULT_STEPS  # the steps the fidelity benchmark measured
     spec = required["recipe"]
     assert spec[0] == [r.name for r in list_recipes()]
     assert {"altclip-kd", "mclip-trikd", "pea", "mulan", "iap"} <= set(spec[0])
