@@ -198,10 +198,23 @@ def _train_one(cfg: str, pairs, encoder, teacher, cache, steps: int, seed: int):
 
 
 def evaluate(adapter, feats, ceil) -> dict:
+    """R@1 and transfer per language, and the mean cosine of the adapter's pooled vector to the teacher's: how
+    much the conditioning is the checkpoint's own, which retrieval alone does not tell (a loss can buy R@1 with it)."""
     from babelclip.training.evaluation import evaluate_adapter
 
-    r1 = _r1(evaluate_adapter(adapter, feats))
-    return {"r@1": r1, "r@1_average": sum(r1.values()) / len(r1), "transfer": transfer(r1, ceil)}
+    report = evaluate_adapter(adapter, feats)
+    r1 = _r1(report)
+    cosine = {lang: m["cosine"] for lang, m in report["languages"].items()}
+    return {"r@1": r1, "r@1_average": sum(r1.values()) / len(r1), "transfer": transfer(r1, ceil),
+            "cosine": cosine, "cosine_average": sum(cosine.values()) / len(cosine)}
+
+
+def english_cosine(adapter, layer, english, encoder, teacher, cache) -> float:
+    """Mean cosine of the adapter's pooled vector to the teacher's on the split's English prompts (the fit itself)."""
+    from babelclip.training.evaluation import evaluate_adapter
+
+    feats = _features(english, encoder, teacher, cache, layer=layer)
+    return evaluate_adapter(adapter, feats)["languages"]["en"]["cosine"]
 
 
 def evaluate_at(adapter, layer, feats, encoder, teacher, cache, ceil) -> dict:
@@ -268,6 +281,8 @@ def run_split(args, seed, folder, encoder, teacher, pairs, work, out: dict, save
         cfg_evals = config_evals(cfg, english, train_tr, evals, encoder, teacher, cache32)
         row = {"english_only": {"train": info, **{k: evaluate_at(adapter, layer, f, encoder, teacher, cache32, c)
                                                   for k, (f, c) in cfg_evals.items()}}}
+        row["english_only"]["train"]["english_cosine"] = english_cosine(adapter, layer, english, encoder, teacher,
+                                                                         cache32)
         if cfg_evals is not evals:  # english=N: its own training-split translations and their ceiling
             row["english_only"]["train_translations"].update(pairs=len(cfg_evals["train_translations"][0]),
                                                              ceiling_r1=cfg_evals["train_translations"][1])
