@@ -171,9 +171,10 @@ class TrainAdapter:
                                        "One 'english<TAB>translation[<TAB>lang]' or one English prompt per line "
                                        "(used when data_file is the text box)."}),
                 "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 1_000_000, "tooltip": "Optimizer steps."}),
-                "learning_rate": ("FLOAT", {"default": 1e-3, "min": 1e-7, "max": 1.0, "step": 1e-5,
+                "learning_rate": ("FLOAT", {"default": TrainConfig.lr, "min": 1e-7, "max": 1.0, "step": 1e-5,
                                             "tooltip": "Peak AdamW learning rate (warmup, then cosine)."}),
-                "batch_size": ("INT", {"default": 32, "min": 1, "max": 4096, "tooltip": "Examples per step."}),
+                "batch_size": ("INT", {"default": TrainConfig.batch_size, "min": 1, "max": 4096,
+                                       "tooltip": "Examples per step."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Seed of init and order."}),
                 "adapter_name": ("STRING", {"default": "my-adapter", "tooltip":
                                             "File name in models/babelclip (a number is added, never overwritten)."}),

@@ -437,7 +437,7 @@ def _add_train(sub) -> None:
     from .codeswitch import DEFAULT_COPIES, DEFAULT_RATE
     from .pipeline import CODESWITCH_HELP, RUNS_HELP
     from .recipes import DEFAULT_ARCH, DEFAULT_RECIPE
-    from .trainer import DEFAULT_STEPS
+    from .trainer import DEFAULT_STEPS, TrainConfig
 
     p = sub.add_parser("train", help="distill an adapter against a checkpoint's CLIP",
                        description="Distill an adapter: cache the frozen features, train, evaluate on held-out "
@@ -446,7 +446,8 @@ def _add_train(sub) -> None:
     _common(p)
     _recipe_and_arch(p, recipe=DEFAULT_RECIPE, arch=DEFAULT_ARCH)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=_config_help("steps"))
-    p.add_argument("--lr", type=float, default=1e-3, help=_config_help("lr") + "; linear warmup, then cosine decay")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr,
+                   help=_config_help("lr") + "; linear warmup, then cosine decay")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the adapter's initialisation, the batch order and the held-out split")
     p.add_argument("--val-fraction", type=float, default=0.1,

@@ -57,8 +57,8 @@ class TrainRequest:
     recipe: str = DEFAULT_RECIPE
     arch: str = DEFAULT_ARCH
     steps: int = DEFAULT_STEPS
-    learning_rate: float = 1e-3
-    batch_size: int = 32
+    learning_rate: float = TrainConfig.lr  # the trainer's defaults (dataclass class attributes)
+    batch_size: int = TrainConfig.batch_size
     seed: int = 0
     adapter_name: str = "my-adapter"
     codeswitch: int = DEFAULT_COPIES  # code-switched copies per English prompt (training.codeswitch); 0: none
@@ -333,16 +333,17 @@ def ui_tab():
                     recipe = gr.Dropdown(list(TEXT_RECIPES), value=DEFAULT_RECIPE, label="Recipe",
                                          info="Text recipes; the denoiser recipes train in ComfyUI or the CLI.")
                     arch = gr.Dropdown(sorted(trainable_architectures()), value=DEFAULT_ARCH, label="Architecture")
+                defaults = TrainRequest()  # the API's defaults are the tab's
                 with gr.Row():
-                    steps = gr.Number(DEFAULT_STEPS, label="Steps", precision=0, minimum=1)
-                    lr = gr.Number(1e-3, label="Learning rate", minimum=1e-7)
-                    batch = gr.Number(32, label="Batch size", precision=0, minimum=1)
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                    steps = gr.Number(defaults.steps, label="Steps", precision=0, minimum=1)
+                    lr = gr.Number(defaults.learning_rate, label="Learning rate", minimum=1e-7)
+                    batch = gr.Number(defaults.batch_size, label="Batch size", precision=0, minimum=1)
+                    seed = gr.Number(defaults.seed, label="Seed", precision=0, minimum=0)
                 with gr.Row():
-                    codeswitch = gr.Number(DEFAULT_COPIES, label="Code-switched copies", precision=0, minimum=0,
+                    codeswitch = gr.Number(defaults.codeswitch, label="Code-switched copies", precision=0, minimum=0,
                                            info=CODESWITCH_HELP)
-                    runs = gr.Number(0, label="Runs to average", precision=0, minimum=0, info=RUNS_HELP)
-                name = gr.Textbox("my-adapter", label="Adapter name (models/babelclip; never overwritten)")
+                    runs = gr.Number(defaults.runs, label="Runs to average", precision=0, minimum=0, info=RUNS_HELP)
+                name = gr.Textbox(defaults.adapter_name, label="Adapter name (models/babelclip; never overwritten)")
                 with gr.Row():
                     start = gr.Button("Train", variant="primary")
                     stop = gr.Button("Interrupt (resumable)")
