@@ -141,9 +141,31 @@ def test_the_host_checkpoint_is_named_by_the_job_as_before(tmp_path):
     assert job.checkpoint_path == job.checkpoint  # what run_pipeline resumes from
 
 
+def test_another_loss_names_another_host_checkpoint(tmp_path):
+    """A run cancelled under other loss settings (an older contrastive-weight default) is another run: the recipe's
+    settings that differ from the paper's loss name the checkpoint; the paper's loss keeps its older name."""
+    from babelclip.training.pipeline import host_checkpoint_path
+    from babelclip.training.recipes import training_recipe
+
+    def ckpt(recipe):
+        job = _host_job(tmp_path)
+        job.recipe = recipe
+        return host_checkpoint_path(job)
+
+    paper = ckpt(get_recipe("altclip-kd"))
+    assert paper == host_checkpoint_path(_host_job(tmp_path))
+    assert ckpt(get_recipe("altclip-kd", contrastive_weight=0.0)) == paper  # the default, given: the same run
+    names = {paper, ckpt(get_recipe("altclip-kd", contrastive_weight=1.0)),
+             ckpt(get_recipe("altclip-kd", contrastive_weight=2.0)),
+             ckpt(get_recipe("altclip-kd", contrastive_weight=2.0, temperature=0.1))}
+    assert len(names) == 4
+    assert ckpt(training_recipe("altclip-kd")) == ckpt(training_recipe("altclip-kd")) in names - {paper}
+
+
 def test_runs_zero_trains_the_architectures_default_and_names_the_checkpoint_as_that_many(tmp_path):
     """runs 0 (the front ends' default) is DEFAULT_RUNS for an architecture whose runs can be averaged and one run
-    for the others; the host checkpoint is named by the runs trained, so runs 0 and runs 4 resume each other."""
+    for the others; the host checkpoint is named by the runs trained, so runs 0 and runs DEFAULT_RUNS resume each
+    other."""
     from babelclip.training.pipeline import AVERAGEABLE_ARCHS, DEFAULT_RUNS, default_runs, host_checkpoint_path
 
     assert DEFAULT_RUNS > 1 and AVERAGEABLE_ARCHS == ("linear",)

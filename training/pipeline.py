@@ -142,7 +142,8 @@ def host_checkpoint_path(job: TrainJob) -> str:
     """Where a host keeps the resumable checkpoint of ``job`` (set it as ``job.checkpoint``): in ``job.cache_dir``,
     named by the adapter ``job.out`` and the settings that shape the run (recipe, arch, seed), and by a digest of
     what it learns from (the encoder's fingerprint and weights digest, the teacher's fingerprint, the data rows
-    and the code-switched copies' settings and version when it trains on copies), so that starting the same run
+    and the code-switched copies' settings and version when it trains on copies, and the recipe's settings where
+    they differ from the paper's loss), so that starting the same run
     again after a cancel resumes it and a run with other data or models under the same name (a fine-tune of the
     encoder too, or copies made another way) starts afresh. Everything is read from the job, so the name cannot
     disagree with what the job trains. A run without copies is named by nothing of theirs (their settings shape
@@ -154,6 +155,8 @@ def host_checkpoint_path(job: TrainJob) -> str:
         parts.append(["codeswitch", job.codeswitch, job.codeswitch_rate, COPIES_VERSION])
     if job.run_count != 1:
         parts.append(["runs", job.run_count])
+    if changed := _changed_recipe_options(job.recipe):  # another loss is another run (the paper's: no part)
+        parts.append(["recipe", changed])
     identity = json.dumps(parts, ensure_ascii=False)
     digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
     stem = os.path.basename(job.out)[: -len(".safetensors")]
@@ -381,6 +384,12 @@ def _prepare(job: TrainJob, hooks: Hooks, train_pairs, val_pairs, adapter):
 def _recipe_options(recipe) -> dict:
     """The recipe's own settings (loss weights, temperature), as its constructor took them."""
     return {k: v for k, v in vars(recipe).items() if isinstance(v, (bool, int, float, str))}
+
+
+def _changed_recipe_options(recipe) -> dict:
+    """The recipe's settings that differ from its class's defaults (the paper's loss), sorted by name."""
+    defaults = _recipe_options(type(recipe)())
+    return {k: v for k, v in sorted(_recipe_options(recipe).items()) if defaults.get(k) != v}
 
 
 def metadata(job: TrainJob, result: TrainResult, train_pairs, report, seconds: float, codeswitched: int = 0) -> dict:
