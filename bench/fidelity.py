@@ -107,6 +107,18 @@ TRAIN_OPTIONS = ("lr", "weight_decay", "warmup", "min_lr_ratio", "steps", "batch
 OTHER_OPTIONS = ("layer", "english", "codeswitch", "codeswitch_rate", "soup", "by_meaning", "join")
 
 
+def default_config() -> str:
+    """The configuration the CLI, the Train node, the web UI and the demo train by default, as a ``--configs``
+    entry: the default architecture and recipe with its training settings, copies, replacement rate and runs."""
+    from babelclip.training.codeswitch import DEFAULT_COPIES, DEFAULT_RATE
+    from babelclip.training.pipeline import default_runs
+    from babelclip.training.recipes import DEFAULT_ARCH, DEFAULT_RECIPE, TRAINING_DEFAULTS, get_recipe
+
+    options = {**TRAINING_DEFAULTS.get(DEFAULT_RECIPE, {}), "codeswitch": DEFAULT_COPIES,
+               "codeswitch_rate": DEFAULT_RATE, "soup": default_runs(DEFAULT_ARCH, get_recipe(DEFAULT_RECIPE))}
+    return f"{DEFAULT_ARCH}:{DEFAULT_RECIPE}:" + ",".join(f"{k}={v:g}" for k, v in options.items())
+
+
 def parse_config(text: str) -> tuple[str, str, dict]:
     """``"mlp:altclip-kd"`` or ``"mlp:altclip-kd:token_weight=0,layer=penultimate"`` -> (arch, recipe, options).
     Options other than TRAIN_OPTIONS / OTHER_OPTIONS go to the recipe (``token_weight``, ``temperature``, ...)
@@ -217,6 +229,14 @@ def english_cosine(adapter, layer, english, encoder, teacher, cache) -> float:
     return evaluate_adapter(adapter, feats)["languages"]["en"]["cosine"]
 
 
+def mean_vector_cosine(english, encoder, teacher, cache) -> float:
+    """Mean cosine of the teacher's pooled vectors of the split's English to their mean: what one constant output
+    would score in the *cosine to the teacher* column (the vectors share a large common component)."""
+    feats = _features(english, encoder, teacher, cache)
+    pooled = feats.batch(range(len(feats))).teacher_pooled.float()
+    return float(torch.nn.functional.cosine_similarity(pooled, pooled.mean(0, keepdim=True)).mean())
+
+
 def evaluate_at(adapter, layer, feats, encoder, teacher, cache, ceil) -> dict:
     """:func:`evaluate` on the adapter's encoder layer: ``feats`` (the last layer's) as they are, other layers'
     features prepared for the same pairs (the ceiling stays the last layer's)."""
@@ -269,7 +289,8 @@ def run_split(args, seed, folder, encoder, teacher, pairs, work, out: dict, save
         feats = _eval_features(subset, encoder, teacher, cache32)
         evals[name] = (feats, ceiling(feats))
     out.update({"seed": seed, "english_prompts_train": len(english),
-                "pairs": {k: len(v[0]) for k, v in evals.items()}, "ceiling_r@1": {k: v[1] for k, v in evals.items()}})
+                "pairs": {k: len(v[0]) for k, v in evals.items()}, "ceiling_r@1": {k: v[1] for k, v in evals.items()},
+                "teacher_mean_cosine": mean_vector_cosine(english, encoder, teacher, cache32)})
     out.setdefault("configs", {})
     for i, cfg in enumerate(args.configs):
         if cfg in out["configs"]:
@@ -304,8 +325,9 @@ def run_split(args, seed, folder, encoder, teacher, pairs, work, out: dict, save
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=["mlp:altclip-kd"], help="architecture:recipe pairs")
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--configs", nargs="+", help="architecture:recipe[:settings] (default: the configuration "
+                        "the CLI and the nodes train by default; the first one is the one summary.json reports)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the CLI's)")
     parser.add_argument("--val-fraction", type=float, default=0.25, help="held-out share of the English prompts")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="one split (and init seed) each")
     parser.add_argument("--parallel", action="store_true", help="also train on the training split's pairs")
@@ -315,6 +337,11 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true", help="keep the configurations --out already holds (the "
                         "results are saved after each configuration)")
     args = parser.parse_args(argv)
+    if args.steps is None:
+        from babelclip.training.trainer import DEFAULT_STEPS
+
+        args.steps = DEFAULT_STEPS
+    args.configs = args.configs or [default_config()]
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     from babelclip.models import load_encoder

@@ -126,7 +126,7 @@ def test_the_host_checkpoint_is_named_by_the_job_as_before(tmp_path):
     one run, except where the run trains on copies (named by their version since version 2: version 3's copies
     differ, and the default's settings changed: rate 0.5 -> 0.75, then 32 -> 64 copies) and for a run without
     copies (named by none of their settings since then: before, codeswitch 0 put the rate in). The default job
-    trains DEFAULT_RUNS runs since then, and is named by them."""
+    trains DEFAULT_RUNS runs since then (4, then 8), and is named by them."""
     from babelclip.training.pipeline import host_checkpoint_path
 
     names = [os.path.relpath(host_checkpoint_path(_host_job(tmp_path, **copies)), tmp_path)
@@ -135,7 +135,7 @@ def test_the_host_checkpoint_is_named_by_the_job_as_before(tmp_path):
     assert names == [os.path.join("cache", "a-altclip-kd-linear-3-86c90c0a016c.ckpt"),
                      os.path.join("cache", "a-altclip-kd-linear-3-18e3bb4940ca.ckpt"),
                      os.path.join("cache", "a-altclip-kd-linear-3-03ab4a7e2bff.ckpt"),
-                     os.path.join("cache", "a-altclip-kd-linear-3-8120b555ac08.ckpt")]
+                     os.path.join("cache", "a-altclip-kd-linear-3-67269ed6ca6c.ckpt")]
     job = _host_job(tmp_path, codeswitch=0)
     job.checkpoint = host_checkpoint_path(job)
     assert job.checkpoint_path == job.checkpoint  # what run_pipeline resumes from

@@ -35,8 +35,8 @@ def test_the_tab_and_the_api_default_to_the_pipelines_copies_and_zero_stays_zero
 
 
 def test_the_tab_and_the_api_default_to_runs_zero_the_architectures_default_and_refuse_negative_runs():
-    """Runs 0 (the default, also typed) is the pipeline's default for the architecture: 4 runs of the linear
-    adapter, 1 of the others (TrainJob.run_count)."""
+    """Runs 0 (the default, also typed) is the pipeline's default for the architecture: DEFAULT_RUNS runs of the
+    linear adapter, 1 of the others (TrainJob.run_count)."""
     assert TrainRequest().runs == 0
     tab = ("enc", None, "a cat\t一只猫\tzh", "altclip-kd", "linear", 10, 1e-3, 4, 0, "n", 0)
     assert tab_request(*tab).runs == tab_request(*tab, None).runs == tab_request(*tab, "").runs == 0

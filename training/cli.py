@@ -413,7 +413,7 @@ def _add_demo(sub) -> None:
     from .pipeline import RUNS_HELP
 
     p = sub.add_parser("demo", help="train and evaluate an adapter with tiny built-in models (no download, a "
-                                    "minute or two)", description=DESCRIPTION, formatter_class=_HelpFormatter)
+                                    "few minutes)", description=DESCRIPTION, formatter_class=_HelpFormatter)
     p.add_argument("--workdir", help="where to write models, cache and adapter; a second run in the same folder "
                                      "reuses the models and cache (default: a new temporary folder)")
     p.add_argument("--steps", type=int, default=DEMO_DEFAULTS["steps"], help=_config_help("steps"))

@@ -1,4 +1,4 @@
-"""``python -m babelclip.training demo``: the whole training pipeline on tiny random models, in a minute or two.
+"""``python -m babelclip.training demo``: the whole training pipeline on tiny random models, in two or three minutes.
 
 It builds a tiny random multilingual encoder and a tiny random SD1.5-layout CLIP (no download), runs the same
 code as ``train`` on the shipped prompt set, and evaluates the adapter on held-out prompts **before and after
@@ -25,7 +25,7 @@ TEACHER_LAYERS = 1  # the teacher runs 77 tokens at CLIP-L width; one layer halv
 VAL_FRACTION = 0.1
 
 DESCRIPTION = (
-    "Train and evaluate a language adapter end to end with tiny random models: no download, a minute or two on "
+    "Train and evaluate a language adapter end to end with tiny random models: no download, two or three minutes on "
     "2 CPU cores. The adapter is evaluated on held-out prompts before and after training; good is the trained "
     "adapter's recall well above the untrained one's, which is chance.")
 

@@ -245,7 +245,7 @@ def test_train_node_offers_the_code_switched_copies_and_zero_turns_them_off(comf
 
 def test_train_node_offers_runs_last_and_refuses_them_above_1_for_a_non_linear_adapter(comfy_nodes):
     """``runs`` is the last optional input (after codeswitch: workflows saved before it take its default, 0: the
-    architecture's default, 4 runs of a linear adapter, 1 of the others);
+    architecture's default, DEFAULT_RUNS runs of a linear adapter, 1 of the others);
     above 1 with an adapter whose runs cannot be averaged, the node raises the pipeline's typed error before it
     reads data or loads a model."""
     from babelclip.errors import InvalidDataError
