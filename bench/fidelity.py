@@ -221,28 +221,31 @@ def evaluate(adapter, feats, ceil) -> dict:
             "cosine": cosine, "cosine_average": sum(cosine.values()) / len(cosine)}
 
 
-def english_cosine(adapter, layer, english, encoder, teacher, cache) -> float:
-    """Mean cosine of the adapter's pooled vector to the teacher's on the split's English prompts (the fit itself)."""
+def _at_layer(feats, layer, encoder, teacher, cache):
+    """``feats`` (the last layer's) as they are, or the same pairs' features at another encoder ``layer``."""
+    return feats if layer == "last" else _features(feats.pairs, encoder, teacher, cache, layer=layer)
+
+
+def english_cosine(adapter, layer, english_feats, encoder, teacher, cache) -> float:
+    """Mean cosine of the adapter's pooled vector to the teacher's on the split's English prompts (the fit itself);
+    ``english_feats``: their last layer's features, prepared once per split."""
     from babelclip.training.evaluation import evaluate_adapter
 
-    feats = _features(english, encoder, teacher, cache, layer=layer)
+    feats = _at_layer(english_feats, layer, encoder, teacher, cache)
     return evaluate_adapter(adapter, feats)["languages"]["en"]["cosine"]
 
 
-def mean_vector_cosine(english, encoder, teacher, cache) -> float:
+def mean_vector_cosine(english_feats) -> float:
     """Mean cosine of the teacher's pooled vectors of the split's English to their mean: what one constant output
     would score in the *cosine to the teacher* column (the vectors share a large common component)."""
-    feats = _features(english, encoder, teacher, cache)
-    pooled = feats.batch(range(len(feats))).teacher_pooled.float()
+    pooled = english_feats.batch(range(len(english_feats))).teacher_pooled.float()
     return float(torch.nn.functional.cosine_similarity(pooled, pooled.mean(0, keepdim=True)).mean())
 
 
 def evaluate_at(adapter, layer, feats, encoder, teacher, cache, ceil) -> dict:
     """:func:`evaluate` on the adapter's encoder layer: ``feats`` (the last layer's) as they are, other layers'
     features prepared for the same pairs (the ceiling stays the last layer's)."""
-    if layer != "last":
-        feats = _features(feats.pairs, encoder, teacher, cache, layer=layer)
-    return evaluate(adapter, feats, ceil)
+    return evaluate(adapter, _at_layer(feats, layer, encoder, teacher, cache), ceil)
 
 
 def int8_effect(adapter, folder, enc32, teacher, evals: dict, cache) -> dict:
@@ -284,13 +287,13 @@ def run_split(args, seed, folder, encoder, teacher, pairs, work, out: dict, save
     ``save()`` is called after each, so an interrupted run loses at most the configuration under way."""
     english, train_tr, held_out = split(pairs, args.val_fraction, seed)
     cache32 = os.path.join(work, "cache-fp32")
-    evals = {}
+    evals, english_feats = {}, _features(english, encoder, teacher, cache32)
     for name, subset in (("train_translations", train_tr), ("held_out", held_out)):
         feats = _eval_features(subset, encoder, teacher, cache32)
         evals[name] = (feats, ceiling(feats))
     out.update({"seed": seed, "english_prompts_train": len(english),
                 "pairs": {k: len(v[0]) for k, v in evals.items()}, "ceiling_r@1": {k: v[1] for k, v in evals.items()},
-                "teacher_mean_cosine": mean_vector_cosine(english, encoder, teacher, cache32)})
+                "teacher_mean_cosine": mean_vector_cosine(english_feats)})
     out.setdefault("configs", {})
     for i, cfg in enumerate(args.configs):
         if cfg in out["configs"]:
@@ -302,8 +305,8 @@ def run_split(args, seed, folder, encoder, teacher, pairs, work, out: dict, save
         cfg_evals = config_evals(cfg, english, train_tr, evals, encoder, teacher, cache32)
         row = {"english_only": {"train": info, **{k: evaluate_at(adapter, layer, f, encoder, teacher, cache32, c)
                                                   for k, (f, c) in cfg_evals.items()}}}
-        row["english_only"]["train"]["english_cosine"] = english_cosine(adapter, layer, english, encoder, teacher,
-                                                                         cache32)
+        row["english_only"]["train"]["english_cosine"] = english_cosine(adapter, layer, english_feats, encoder,
+                                                                         teacher, cache32)
         if cfg_evals is not evals:  # english=N: its own training-split translations and their ceiling
             row["english_only"]["train_translations"].update(pairs=len(cfg_evals["train_translations"][0]),
                                                              ceiling_r1=cfg_evals["train_translations"][1])
